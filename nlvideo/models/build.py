@@ -1,0 +1,22 @@
+"""Hydra entry point: ``_target_: nlvideo.models.build_video_resnet`` in every model config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nlvideo.models.inflate import inflate_state_dict, load_pretrained_2d
+from nlvideo.models.resnet import VideoResNet
+from nlvideo.models.spec import make_spec
+
+
+def build_video_resnet(**cfg: Any) -> VideoResNet:
+    """Build a C2D/I3D ResNet from a model config's keys (validated by :func:`make_spec`).
+
+    A plain ``**cfg`` rather than named parameters because the config key ``nonlocal`` is a Python
+    keyword; :func:`make_spec` rejects unknown keys by name instead.
+    """
+    spec = make_spec(**cfg)
+    model = VideoResNet(spec)
+    if spec.pretrained:
+        inflate_state_dict(model, load_pretrained_2d(spec.pretrained))
+    return model

@@ -1,0 +1,151 @@
+"""The non-local block against the paper's formulas, the seed block, and itself (naive vs efficient)."""
+
+import pytest
+import torch
+from torch import nn
+
+from nlvideo.models import INSTANTIATIONS, NonLocalBlock
+from tests.reference.seed_nonlocal import _NonLocalBlockND
+
+SHAPES = {1: (2, 8, 12), 2: (2, 8, 6, 8), 3: (2, 8, 4, 6, 8)}
+
+
+def randomise(block: nn.Module, std: float = 0.2) -> nn.Module:
+    """Non-zero weights everywhere (a fresh block's W is zero) and eval-mode BN with real statistics."""
+    torch.manual_seed(1)
+    for p in block.parameters():
+        nn.init.normal_(p, std=std)
+    for m in block.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(std=0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return block.eval()
+
+
+def paper_formula(block: NonLocalBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct float64 evaluation of y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j), z = W_z y + x, loop over i, j."""
+    b, c = x.shape[:2]
+    theta = block.theta(x).flatten(2)[0].T  # (N, d) for batch element 0
+    phi = block.phi(x).flatten(2)[0].T  # (M, d)
+    g = block.g(x).flatten(2)[0].T  # (M, C')
+    n, m = theta.shape[0], phi.shape[0]
+    f = torch.empty(n, m, dtype=x.dtype)
+    for i in range(n):
+        for j in range(m):
+            if block.instantiation in ("gaussian", "embedded_gaussian"):
+                f[i, j] = torch.exp(theta[i] @ phi[j])
+            elif block.instantiation == "dot_product":
+                f[i, j] = theta[i] @ phi[j]
+            else:
+                w = block.concat_project[0].weight.flatten()
+                f[i, j] = torch.relu(w @ torch.cat([theta[i], phi[j]]))
+    norm = f.sum(1, keepdim=True) if block.instantiation in ("gaussian", "embedded_gaussian") else m
+    attn = f / norm
+    y = (attn @ g).T.reshape(1, -1, *x.shape[2:])
+    return block.W(y) + x[:1], attn
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+@pytest.mark.parametrize("sub_sample", [True, False])
+def test_each_instantiation_equals_the_papers_formula_in_float64(instantiation, sub_sample):
+    block = randomise(NonLocalBlock(8, instantiation=instantiation, sub_sample=sub_sample)).double()
+    x = torch.randn(SHAPES[3], dtype=torch.float64) * 0.5
+    z_ref, attn_ref = paper_formula(block, x)
+    for impl in ("naive", "efficient"):
+        block.impl = impl
+        z, attn = block(x, return_nl_map=True)
+        torch.testing.assert_close(z[:1], z_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(attn[0], attn_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(block(x)[:1], z_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+@pytest.mark.parametrize("dimension", [1, 2, 3])
+def test_efficient_path_equals_naive_path_fp32_forward_and_backward(instantiation, dimension):
+    naive = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="naive"))
+    fast = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="efficient"))
+    fast.load_state_dict(naive.state_dict())
+    x1 = torch.randn(SHAPES[dimension], requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    z1, z2 = naive(x1), fast(x2)
+    torch.testing.assert_close(z2, z1, rtol=1e-5, atol=1e-5)
+    z1.square().sum().backward()
+    z2.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
+    for (name, p1), p2 in zip(naive.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dot_product_uses_both_associations_and_they_agree():
+    """theta (phi^T g) is chosen for large N*M; (theta phi^T) g for tiny maps: both are exact."""
+    block = randomise(NonLocalBlock(64, instantiation="dot_product", sub_sample=False, impl="efficient"))
+    naive = randomise(NonLocalBlock(64, instantiation="dot_product", sub_sample=False, impl="naive"))
+    naive.load_state_dict(block.state_dict())
+    for shape in [(1, 64, 2, 2, 2), (1, 64, 4, 14, 14)]:  # N*M = 64 (direct) and 614,656 (re-associated)
+        x = torch.randn(shape)
+        torch.testing.assert_close(block(x), naive(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+@pytest.mark.parametrize("bn_layer", [True, False])
+def test_fresh_block_is_exactly_the_identity(instantiation, bn_layer):
+    block = NonLocalBlock(8, instantiation=instantiation, bn_layer=bn_layer)
+    x = torch.randn(SHAPES[3])
+    assert torch.equal(block(x), x)
+    block.train()
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("dimension", [1, 2, 3])
+@pytest.mark.parametrize("sub_sample", [True, False])
+@pytest.mark.parametrize("bn_layer", [True, False])
+def test_seed_state_dict_loads_and_reproduces_output_and_map(dimension, sub_sample, bn_layer):
+    seed = randomise(_NonLocalBlockND(8, dimension=dimension, sub_sample=sub_sample, bn_layer=bn_layer))
+    ours = NonLocalBlock(8, dimension=dimension, sub_sample=sub_sample, bn_layer=bn_layer)
+    assert ours.load_state_dict(seed.state_dict()) is not None  # strict: every key matches
+    ours.eval()
+    x = torch.randn(SHAPES[dimension])
+    z_seed, map_seed = seed(x, return_nl_map=True)
+    z_ours, map_ours = ours(x, return_nl_map=True)
+    torch.testing.assert_close(z_ours, z_seed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(map_ours, map_seed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x), z_seed, rtol=1e-5, atol=1e-6)  # efficient path too
+
+
+def test_attention_map_shape_and_rows_sum_to_one_for_softmax_forms():
+    block = randomise(NonLocalBlock(8, sub_sample=True))
+    z, attn = block(torch.randn(2, 8, 4, 6, 8), return_nl_map=True)
+    assert attn.shape == (2, 4 * 6 * 8, 4 * 3 * 4)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 192))
+
+
+def test_scaled_embedded_gaussian_divides_logits_by_sqrt_inner_channels():
+    plain = randomise(NonLocalBlock(8, sub_sample=False, impl="naive"))
+    scaled = NonLocalBlock(8, sub_sample=False, scale=True, impl="naive")
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 8, 2, 3, 3)
+    theta = plain.theta(x).flatten(2).transpose(1, 2)
+    phi = plain.phi(x).flatten(2)
+    expected = (theta @ phi / 2.0).softmax(-1)  # C' = 4 -> 1/sqrt(4)
+    torch.testing.assert_close(scaled(x, return_nl_map=True)[1], expected)
+    scaled.impl = "efficient"
+    torch.testing.assert_close(scaled(x), scaled(x, return_nl_map=True)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"instantiation": "softmax"}, "unknown instantiation 'softmax'"),
+        ({"dimension": 4}, "dimension must be 1, 2 or 3"),
+        ({"impl": "fast"}, "unknown impl 'fast'"),
+        ({"scale": True, "instantiation": "dot_product"}, "scale=True only applies"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NonLocalBlock(8, **kwargs)
+
+
+def test_wrong_input_rank_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"expects a 5-D input"):
+        NonLocalBlock(8)(torch.randn(2, 8, 4, 4))
