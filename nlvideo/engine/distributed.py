@@ -1,0 +1,157 @@
+"""Process-group setup and small collective helpers.
+
+Launch modes, checked in this order by :func:`init_distributed`:
+
+* ``torchrun`` (single or multi-node): ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR`` are set,
+  we initialise from ``env://``.
+* hydra-submitit-launcher on SLURM with several tasks: submitit starts one process per task via
+  ``srun``; :class:`submitit.helpers.TorchDistributedEnvironment` translates the SLURM variables.
+* otherwise a single process, no process group.
+
+The backend is ``nccl`` when CUDA is available and ``gloo`` otherwise. Every helper below also works
+without a process group (world size 1), so the training loop never branches on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _under_submitit_slurm() -> bool:
+    return "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def init_distributed(timeout_min: float = 30.0) -> DistInfo:
+    """Initialise the default process group if launched with several processes; idempotent."""
+    if dist.is_available() and dist.is_initialized():
+        return info()
+    if "RANK" not in os.environ and _under_submitit_slurm():
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()  # sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend=backend, init_method="env://", timeout=datetime.timedelta(minutes=timeout_min)
+    )
+    return info()
+
+
+def info() -> DistInfo:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        backend=dist.get_backend(),
+    )
+
+
+def get_rank() -> int:
+    return info().rank
+
+
+def get_world_size() -> int:
+    return info().world_size
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def env_rank() -> int:
+    """The rank from the launcher's environment, readable before the process group exists."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ and (key == "RANK" or _under_submitit_slurm()):
+            return int(os.environ[key])
+    return 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks (a new tensor on the tensor's original device)."""
+    if get_world_size() == 1:
+        return tensor.clone()
+    out = tensor.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(tensor) / get_world_size()
+
+
+def reduce_scalars(values: dict[str, float], average: bool = True) -> dict[str, float]:
+    """All-reduce a dict of Python floats in one collective (mean by default, else sum)."""
+    if get_world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = all_reduce_mean(t) if average else all_reduce_sum(t)
+    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is True on at least one rank (used for stop/preemption decisions)."""
+    if get_world_size() == 1:
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable object from ``src`` to every rank (identity without a group)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,148 @@
+"""Multi-view evaluation: aggregate clip scores per video, then top-k accuracy or mAP.
+
+Each test video is seen as ``num_views`` clips (temporal clips x spatial crops). Clip logits become
+probabilities (softmax for single-label data such as Kinetics, sigmoid for multi-label data such as
+Charades) and are averaged per ``video_index``, as in the paper's testing protocol. Under DDP every
+rank accumulates the clips it saw into a (num_videos, K) sum and a count; one all-reduce then gives
+every rank the full result, so metrics are exact over the whole split, not a mean of per-rank means.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from nlvideo.engine import distributed as du
+
+log = logging.getLogger(__name__)
+
+
+class VideoScoreAggregator:
+    """Running per-video sum of clip probabilities, plus each video's label."""
+
+    def __init__(self, num_videos: int, num_classes: int, multi_label: bool):
+        self.multi_label = multi_label
+        self.scores = torch.zeros(num_videos, num_classes, dtype=torch.float64)
+        self.counts = torch.zeros(num_videos, dtype=torch.float64)
+        label_shape = (num_videos, num_classes) if multi_label else (num_videos,)
+        self.label_sum = torch.zeros(label_shape, dtype=torch.float64)
+        self.label_seen = torch.zeros(num_videos, dtype=torch.float64)
+        self.failed = torch.zeros(num_videos, dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, video_index: torch.Tensor,
+               valid: torch.Tensor | None = None) -> None:
+        logits = logits.detach().float().cpu()
+        video_index = video_index.long().cpu()
+        labels = labels.cpu()
+        keep = torch.ones(len(video_index), dtype=torch.bool) if valid is None else valid.bool().cpu()
+        if (~keep).any():
+            self.failed.index_fill_(0, video_index[~keep], 1.0)
+        if not keep.any():
+            return
+        logits, labels, video_index = logits[keep], labels[keep], video_index[keep]
+        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        self.scores.index_add_(0, video_index, probs.double())
+        self.counts.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
+        self.label_sum[video_index] = labels.double()  # every view of a video has the same label
+        self.label_seen[video_index] = 1.0
+
+    def reduce(self) -> None:
+        """Sum the accumulators over ranks (call on every rank)."""
+        self.scores = du.all_reduce_sum(self.scores)
+        self.counts = du.all_reduce_sum(self.counts)
+        self.failed = du.all_reduce_sum(self.failed).clamp(max=1)
+        self.label_sum = du.all_reduce_sum(self.label_sum)
+        self.label_seen = du.all_reduce_sum(self.label_seen)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(indices of videos with at least one valid clip, their mean scores, their labels)."""
+        present = torch.nonzero(self.counts > 0).flatten()
+        mean = self.scores[present] / self.counts[present, None]
+        seen = self.label_seen[present].clamp(min=1)
+        labels = self.label_sum[present] / (seen[:, None] if self.multi_label else seen)
+        return present, mean.float(), labels
+
+    @property
+    def num_failed(self) -> int:
+        """Videos none of whose clips could be decoded (skipped in the metrics)."""
+        return int(((self.failed > 0) & (self.counts == 0)).sum())
+
+
+def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, multi_label: bool,
+                    topk: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """top-k accuracy in percent (single-label) or mAP in percent (multi-label)."""
+    from nlvideo.data import mean_average_precision, topk_accuracy
+
+    if scores.numel() == 0:
+        return {}
+    if multi_label:
+        return {"mAP": 100.0 * float(mean_average_precision(scores, labels.float()))}
+    ks = [k for k in topk if k <= scores.shape[1]]
+    accs = topk_accuracy(scores, labels.long(), ks=ks)
+    return {f"top{k}": 100.0 * float(accs[k]) for k in ks}
+
+
+def rank_positions_kept(num_items: int, rank: int, world_size: int, count: int) -> torch.Tensor:
+    """For DistributedSampler-style striding without drop_last: which of this rank's ``count``
+    positions are real samples (True) rather than the padding repeated to even out ranks."""
+    pos = rank + torch.arange(count) * world_size
+    return pos < num_items
+
+
+def write_predictions(path: str | os.PathLike, video_ids: Sequence[str], scores: torch.Tensor,
+                      labels: torch.Tensor, class_names: Sequence[str], multi_label: bool,
+                      k: int = 5) -> None:
+    """One row per video: id, ground truth, top-k predicted classes with their scores."""
+    k = min(k, scores.shape[1])
+    top_scores, top_idx = scores.topk(k, dim=1)
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "label", "pred", "score", f"top{k}", f"top{k}_scores"])
+        for vid, lab, idx, sc in zip(video_ids, labels, top_idx.tolist(), top_scores.tolist(), strict=True):
+            if multi_label:
+                truth = ";".join(class_names[i] for i in torch.nonzero(lab > 0.5).flatten().tolist())
+            else:
+                truth = class_names[int(lab)]
+            w.writerow([vid, truth, class_names[idx[0]], f"{sc[0]:.6f}",
+                        ";".join(class_names[i] for i in idx), ";".join(f"{s:.6f}" for s in sc)])
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes: int, multi_label: bool,
+                   forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+                   progress: Callable | None = None) -> VideoScoreAggregator:
+    """Forward every clip of ``loader`` and aggregate per video (all-reduced over ranks).
+
+    Padding that a DistributedSampler-style sampler adds to even out ranks is dropped, so each view is
+    counted once. ``forward(model, clip) -> logits``.
+    """
+    was_training = model.training
+    model.eval()
+    agg = VideoScoreAggregator(num_videos, num_classes, multi_label)
+    info = du.info()
+    n_items = len(loader.dataset)
+    seen = 0
+    for batch in (progress(loader) if progress else loader):
+        logits = forward(model, batch["clip"])
+        b = logits.shape[0]
+        keep = rank_positions_kept(n_items, info.rank, info.world_size, seen + b)[seen:]
+        seen += b
+        valid = batch.get("valid")
+        valid = keep if valid is None else (valid.bool().cpu() & keep)
+        agg.update(logits, batch["label"], batch["video_index"], valid)
+    agg.reduce()
+    model.train(was_training)
+    return agg

@@ -1,0 +1,142 @@
+"""Console progress and TensorBoard, rank 0 only.
+
+* :class:`Progress` wraps an iterable: a tqdm bar (ETA, loss, clips/s) when stdout is a terminal,
+  otherwise plain ``logging`` lines every ``log_period`` iterations (cluster logs stay readable).
+  ``trainer.progress`` forces ``bar``, ``lines`` or ``off``. Ranks other than 0 are silent.
+* :class:`TensorBoard` is a ``SummaryWriter`` on rank 0 and a no-op elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from nlvideo.engine import distributed as du
+
+log = logging.getLogger("nlvideo")
+
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+
+
+def setup_rank_logging(rank: int) -> None:
+    """Silence INFO on non-zero ranks (warnings and errors still show)."""
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("nlvideo").setLevel(logging.WARNING)
+
+
+def progress_mode(requested: str = "auto") -> str:
+    if not du.is_main_process():
+        return "off"
+    if requested == "auto":
+        return "bar" if sys.stdout.isatty() else "lines"
+    return requested
+
+
+class Progress:
+    """Iterate ``iterable`` reporting progress; ``update(**stats)`` after each step."""
+
+    def __init__(self, iterable: Iterable, total: int, desc: str, mode: str = "auto", log_period: int = 10,
+                 initial: int = 0):
+        self.iterable = iterable
+        self.total = total
+        self.desc = desc
+        self.mode = progress_mode(mode)
+        self.log_period = max(1, int(log_period))
+        self.n = initial
+        self.start_n = initial
+        self.t0 = time.perf_counter()
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True,
+                             file=sys.stdout)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.iterable)
+
+    def update(self, **stats: Any) -> None:
+        self.n += 1
+        if self.mode == "bar":
+            self._bar.set_postfix({k: _fmt(v) for k, v in stats.items()}, refresh=False)
+            self._bar.update(1)
+        elif self.mode == "lines" and (self.n % self.log_period == 0 or self.n == self.total):
+            elapsed = time.perf_counter() - self.t0
+            done = self.n - self.start_n
+            eta = elapsed / max(done, 1) * (self.total - self.n)
+            fields = "  ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
+            log.info("%s [%d/%d]  %s  eta %s", self.desc, self.n, self.total, fields, _hms(eta))
+
+    def write(self, msg: str) -> None:
+        if self.mode == "bar":
+            self._bar.write(msg)
+        elif self.mode == "lines":
+            log.info(msg)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class TensorBoard:
+    """SummaryWriter on rank 0; every method is a no-op on other ranks or when disabled."""
+
+    def __init__(self, log_dir: str | None, enabled: bool = True):
+        self.writer = None
+        if enabled and log_dir is not None and du.is_main_process():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if v is not None:
+                self.writer.add_scalar(k, v, step)
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """Write hparams into the main event file (not a sub-run), so one run = one directory.
+
+        ``metric_tags`` name scalars logged elsewhere (e.g. ``val/top1``) that the HPARAMS tab shows.
+        """
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hp_summary
+
+        clean = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in hparams.items()}
+        exp, ssi, sei = hp_summary(clean, dict.fromkeys(metric_tags, 0.0))
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,116 @@
+"""SGD with (Nesterov) momentum, parameter groups without weight decay, warmup + step/cosine schedule.
+
+The schedule is a pure function of the global iteration, stepped once per iteration. Its milestones
+(``warmup``, ``steps``) are expressed in ``optim.unit``: ``epoch`` (fractional epochs, PySlowFast
+style) or ``iter`` (the paper's Kinetics recipe: 400k iterations, /10 at 150k and 300k).
+``optim.per_iteration: false`` holds the rate constant within an epoch (epoch-based schedule).
+
+The configured ``optim.lr`` is the rate for a global batch of ``optim.reference_batch_size`` (the
+paper: 0.01 for 64 clips on 8 GPUs); with ``optim.linear_scaling`` it is multiplied by
+``global_batch / reference_batch_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+SCHEDULES = ("step", "cosine", "constant")
+UNITS = ("epoch", "iter")
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def scaled_lr(cfg_optim, global_batch_size: int) -> float:
+    lr = float(cfg_optim.lr)
+    if cfg_optim.get("linear_scaling", True):
+        lr *= global_batch_size / float(cfg_optim.reference_batch_size)
+    return lr
+
+
+def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None = 0.0,
+                 bias_weight_decay: float | None = 0.0) -> list[dict]:
+    """Split parameters into decay / no-decay groups. ``None`` means "same as ``weight_decay``"."""
+    norm_wd = weight_decay if norm_weight_decay is None else norm_weight_decay
+    bias_wd = weight_decay if bias_weight_decay is None else bias_weight_decay
+    groups: dict[float, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if isinstance(module, _NORM_TYPES):
+                wd = norm_wd
+            elif name == "bias":
+                wd = bias_wd
+            else:
+                wd = weight_decay
+            groups.setdefault(float(wd), []).append(p)
+    return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+
+
+def build_optimizer(model: nn.Module, cfg_optim, global_batch_size: int) -> torch.optim.Optimizer:
+    wd = float(cfg_optim.weight_decay)
+    groups = param_groups(
+        model,
+        wd,
+        norm_weight_decay=None if cfg_optim.get("bn_weight_decay", False) else 0.0,
+        bias_weight_decay=None if cfg_optim.get("bias_weight_decay", False) else 0.0,
+    )
+    return torch.optim.SGD(
+        groups,
+        lr=scaled_lr(cfg_optim, global_batch_size),
+        momentum=float(cfg_optim.momentum),
+        nesterov=bool(cfg_optim.nesterov) and float(cfg_optim.momentum) > 0,
+        dampening=0.0,
+    )
+
+
+def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int) -> Callable[[int], float]:
+    """Multiplier of the base rate as a function of the global iteration (0-based)."""
+    unit = cfg_optim.get("unit", "epoch")
+    per_iter = 1.0 / iters_per_epoch if unit == "epoch" else 1.0
+    total = total_iters * per_iter
+    warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
+    start = float(cfg_optim.get("warmup_start_factor", 0.1))
+    steps = sorted(float(s) for s in (cfg_optim.get("steps") or []))
+    gamma = float(cfg_optim.get("gamma", 0.1))
+    final = float(cfg_optim.get("final_lr_factor", 0.0))
+    schedule = cfg_optim.get("schedule", "cosine")
+    per_iteration = bool(cfg_optim.get("per_iteration", True))
+
+    def main(t: float) -> float:
+        if schedule == "step":
+            return gamma ** sum(t >= s for s in steps)
+        if schedule == "cosine":
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(t / max(total, 1e-12), 1.0)))
+        return 1.0
+
+    def factor(iteration: int) -> float:
+        if per_iteration:
+            t = iteration * per_iter
+        else:  # constant within an epoch
+            t = (iteration // iters_per_epoch) * iters_per_epoch * per_iter
+        f = main(t)
+        if warmup > 0 and t < warmup:  # linear from start*f(warmup) to f(warmup), like PySlowFast
+            end = main(warmup)
+            f = start * end + (end - start * end) * (t / warmup)
+        return f
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg_optim, iters_per_epoch: int,
+                    total_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per iteration; its ``last_epoch`` is the global iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg_optim, iters_per_epoch, total_iters))
+
+
+def clip_gradients(model: nn.Module, max_norm: float | None) -> float | None:
+    if not max_norm:
+        return None
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))

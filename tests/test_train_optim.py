@@ -1,0 +1,75 @@
+"""Optimiser groups, linear lr scaling and the warmup/step/cosine schedule."""
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+from torch import nn
+
+from nlvideo.engine.optim import build_optimizer, build_scheduler, lr_factor_fn, scaled_lr
+
+BASE = dict(lr=0.01, reference_batch_size=64, linear_scaling=True, momentum=0.9, nesterov=True,
+            weight_decay=1e-4, bn_weight_decay=False, bias_weight_decay=False, clip_grad_norm=None,
+            schedule="cosine", unit="epoch", warmup=0.0, warmup_start_factor=0.1, steps=[], gamma=0.1,
+            final_lr_factor=0.0, per_iteration=True)
+
+
+def cfg(**kw):
+    return OmegaConf.create({**BASE, **kw})
+
+
+def test_no_weight_decay_on_bn_and_bias_and_nesterov():
+    net = nn.Sequential(nn.Conv3d(3, 4, 3), nn.BatchNorm3d(4), nn.Linear(4, 2))
+    opt = build_optimizer(net, cfg(), global_batch_size=64)
+    by_wd = {g["weight_decay"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    decayed = {id(net[0].weight), id(net[2].weight)}
+    assert by_wd[1e-4] == decayed
+    assert by_wd[0.0] == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[2].bias)}
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    opt = build_optimizer(net, cfg(bn_weight_decay=True, bias_weight_decay=True), 64)
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4]
+
+
+def test_linear_scaling():
+    assert scaled_lr(cfg(), 64) == pytest.approx(0.01)
+    assert scaled_lr(cfg(), 8) == pytest.approx(0.00125)
+    assert scaled_lr(cfg(linear_scaling=False), 8) == pytest.approx(0.01)
+
+
+def test_step_schedule_in_iterations_like_the_paper():
+    f = lr_factor_fn(cfg(schedule="step", unit="iter", steps=[150_000, 300_000]), 1000, 400_000)
+    assert f(0) == 1.0 and f(149_999) == 1.0
+    assert f(150_000) == pytest.approx(0.1) and f(300_000) == pytest.approx(0.01)
+
+
+def test_warmup_then_cosine_in_epochs():
+    f = lr_factor_fn(cfg(warmup=1.0, warmup_start_factor=0.1), iters_per_epoch=10, total_iters=100)
+    end = 0.5 * (1 + math.cos(math.pi * 0.1))
+    assert f(0) == pytest.approx(0.1 * end)
+    assert f(5) == pytest.approx(0.1 * end + 0.5 * 0.9 * end)
+    assert f(10) == pytest.approx(end)
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_epoch_based_holds_within_epoch():
+    f = lr_factor_fn(cfg(schedule="step", steps=[1], per_iteration=False), iters_per_epoch=4, total_iters=8)
+    assert [f(i) for i in range(8)] == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1])
+
+
+def test_scheduler_steps_per_iteration_and_resumes():
+    net = nn.Linear(2, 2)
+    c = cfg(schedule="cosine")
+    opt = build_optimizer(net, c, 64)
+    sch = build_scheduler(opt, c, iters_per_epoch=5, total_iters=10)
+    for _ in range(3):
+        opt.step()
+        sch.step()
+    lr3 = opt.param_groups[0]["lr"]
+    opt2 = build_optimizer(net, c, 64)
+    sch2 = build_scheduler(opt2, c, 5, 10)
+    opt2.load_state_dict(opt.state_dict())
+    sch2.load_state_dict(sch.state_dict())
+    assert sch2.last_epoch == 3 and opt2.param_groups[0]["lr"] == pytest.approx(lr3)
+    assert lr3 == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.3)))
+
