@@ -1,0 +1,41 @@
+"""Video data pipeline: annotations, clip sampling, decord decoding, transforms, loaders, metrics.
+
+Public API (other modules code against these names)::
+
+    ds = build_dataset(cfg.data, "train")            # "train" | "val" | "test"
+    sampler = ClipSampler(len(ds), shuffle=True, seed=cfg.seed, rank=r, world_size=w, drop_last=True)
+    sampler.set_epoch(epoch, start=k)                # k = samples this rank already consumed
+    loader = build_loader(ds, cfg.data, sampler, batch_size=per_rank_batch)
+    batch = next(iter(loader))  # clip (B,3,T,H,W) float, label, video_index, view_index, valid, failures
+"""
+
+import nlvideo  # noqa: F401  (torchvision compat shim before any torchvision import)
+from nlvideo.data.dataset import ClipSpec, VideoDataset, build_dataset, clip_spec, data_root
+from nlvideo.data.decode import DecodeError, open_video
+from nlvideo.data.loader import FailureLog, build_loader, collate_clips
+from nlvideo.data.metrics import (
+    average_precision,
+    mean_average_precision,
+    per_class_average_precision,
+    topk_accuracy,
+)
+from nlvideo.data.sampler import ClipSampler, derive_seed
+
+__all__ = [
+    "ClipSampler",
+    "ClipSpec",
+    "DecodeError",
+    "FailureLog",
+    "VideoDataset",
+    "average_precision",
+    "build_dataset",
+    "build_loader",
+    "clip_spec",
+    "collate_clips",
+    "data_root",
+    "derive_seed",
+    "mean_average_precision",
+    "open_video",
+    "per_class_average_precision",
+    "topk_accuracy",
+]

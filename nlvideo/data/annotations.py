@@ -1,0 +1,344 @@
+"""Annotation readers: Kinetics-style lists and folders, Charades CSVs.
+
+Everything here runs at dataset construction, before any video is decoded, so a malformed line
+or an unknown class name fails at start-up with ``ValueError("<file>:<line>: ...")`` instead of
+crashing an epoch. Video files themselves are *not* checked here (a missing or broken video is a
+runtime failure that the dataset skips and counts, see :mod:`nlvideo.data.dataset`).
+
+Kinetics list (PySlowFast ``train.csv`` / ``val.csv`` form): one ``<path> <label>`` per line, the
+path relative to the data root (or absolute). Fields are separated by a tab when the line has one
+(then paths and class names may contain spaces), otherwise by whitespace (then exactly two fields).
+Blank lines and lines starting with ``#`` are ignored. The label is either an integer class index
+or a class name:
+
+* integer labels: class names come from ``classes.txt`` (one name per line, line *i* is index
+  *i*) or ``classids.json`` (``{"name": index}``, the PySlowFast Kinetics file) when one is
+  found, else they are the indices as strings ``"0" .. "K-1"``;
+* name labels: the mapping is ``classes.txt`` / ``classids.json`` when present, else the sorted
+  set of names in the *training* list (so val/test use the training mapping and a name that the
+  training list never uses is an error).
+
+Kinetics folders: ``<root>/<split_dir>/<class_name>/<video>`` with classes = sorted directory
+names of the training split.
+
+Charades (``Charades_v1_train.csv`` / ``Charades_v1_test.csv``): a real CSV with a header and at
+least the columns ``id`` and ``actions``; ``actions`` is ``"c092 11.90 21.20;c147 0.00 12.60"``
+(class, start s, end s), possibly empty; ``length`` (seconds) is used when present. Videos are
+``<root>/<video_dir>/<id><video_ext>``. Class ``cNNN`` has index ``NNN``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+_CHARADES_CLASS = re.compile(r"^c(\d{3})$")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One Charades action segment. ``start``/``end`` are None when the timing is unusable."""
+
+    label: int
+    start: float | None
+    end: float | None
+
+
+@dataclass
+class VideoRecord:
+    """One annotated video.
+
+    ``label`` is the class index (single-label) or None (multi-label, then see ``actions``).
+    ``source`` is ``"file:line"`` of the annotation, kept for error messages.
+    """
+
+    path: str
+    label: int | None = None
+    actions: list[Action] = field(default_factory=list)
+    length: float | None = None
+    source: str = ""
+
+    @property
+    def video_labels(self) -> list[int]:
+        """Sorted, de-duplicated labels of the whole video."""
+        if self.label is not None:
+            return [self.label]
+        return sorted({a.label for a in self.actions})
+
+    @property
+    def timing_usable(self) -> bool:
+        return all(a.start is not None for a in self.actions)
+
+    def labels_in_span(self, t0: float, t1: float) -> list[int]:
+        """Multi-label clip labels: actions overlapping ``[t0, t1]`` seconds.
+
+        Falls back to all of the video's actions when any action's timing is unusable
+        (negative, NaN, inverted), because then no per-clip assignment can be trusted.
+        A clip that overlaps no action gets no label (an all-zero target), as in Charades.
+        """
+        if not self.timing_usable or not math.isfinite(t0) or not math.isfinite(t1):
+            return self.video_labels
+        return sorted({a.label for a in self.actions if a.start < t1 and a.end > t0})
+
+
+def _resolve(root: Path, rel: str) -> str:
+    p = Path(rel)
+    return str(p if p.is_absolute() else root / p)
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path} (check data.root and the split file names in the config)")
+
+
+def read_class_file(path: Path) -> list[str]:
+    """``classes.txt`` (one name per line) or ``classids.json`` (``{name: index}``)."""
+    if path.suffix == ".json":
+        try:
+            mapping = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}:{e.lineno}: invalid JSON ({e.msg}); expected {{class_name: index}}"
+            ) from e
+        if not isinstance(mapping, dict):
+            raise ValueError(f"{path}:1: expected a JSON object {{class_name: index}}")
+        names: list[str | None] = [None] * len(mapping)
+        for name, idx in mapping.items():
+            if not isinstance(idx, int) or not 0 <= idx < len(mapping) or names[idx] is not None:
+                raise ValueError(
+                    f"{path}:1: class {name!r} has index {idx!r}; "
+                    f"expected unique integers 0..{len(mapping) - 1}"
+                )
+            names[idx] = str(name)
+        return [n for n in names if n is not None]
+    names = []
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line in names:
+            raise ValueError(f"{path}:{lineno}: duplicate class name {line!r}")
+        names.append(line)
+    if not names:
+        raise ValueError(f"{path}:1: empty class list")
+    return names
+
+
+def find_class_file(*dirs: Path, names: Sequence[str] = ("classes.txt", "classids.json")) -> Path | None:
+    for d in dirs:
+        for n in names:
+            if (d / n).is_file():
+                return d / n
+    return None
+
+
+def _split_list_line(line: str, source: str) -> tuple[str, str]:
+    parts = [p.strip() for p in line.split("\t") if p.strip()] if "\t" in line else line.split()
+    if len(parts) != 2:
+        raise ValueError(
+            f"{source}: expected '<path> <label>' (2 fields separated by a tab or spaces; use a tab when "
+            f"paths or class names contain spaces), got {len(parts)} field(s): {line!r}"
+        )
+    return parts[0], parts[1]
+
+
+def _read_list_lines(list_file: Path) -> list[tuple[str, str, str]]:
+    """(path, label, 'file:line') for each non-blank, non-comment line."""
+    _require_file(list_file, "annotation list")
+    out = []
+    for lineno, raw in enumerate(list_file.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        source = f"{list_file}:{lineno}"
+        path, label = _split_list_line(line, source)
+        out.append((path, label, source))
+    return out
+
+
+def _is_int(s: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", s) is not None
+
+
+def read_kinetics_list(
+    list_file: str | Path,
+    root: str | Path,
+    num_classes: int | None,
+    class_file: str | Path | None = None,
+    train_list_file: str | Path | None = None,
+) -> tuple[list[VideoRecord], list[str]]:
+    """Parse a ``<path> <label>`` list. Returns ``(records, class_names)``.
+
+    ``class_file``: explicit ``classes.txt``/``classids.json``; when None one is looked up next to
+    the list and in ``root``. ``train_list_file``: the training list whose names define the
+    mapping for name labels when there is no class file (defaults to ``list_file`` itself).
+    """
+    list_file, root = Path(list_file), Path(root)
+    rows = _read_list_lines(list_file)
+    if class_file is not None:
+        class_path: Path | None = Path(class_file)
+        _require_file(class_path, "class file")
+    else:
+        class_path = find_class_file(list_file.parent, root)
+    class_names = read_class_file(class_path) if class_path is not None else None
+    int_labels = bool(rows) and all(_is_int(label) for _, label, _ in rows)
+
+    if class_names is None and not int_labels:
+        train_rows = rows if train_list_file is None else _read_list_lines(Path(train_list_file))
+        class_names = sorted({label for _, label, _ in train_rows})
+    if class_names is None:  # integer labels, no names given
+        if num_classes is None:
+            num_classes = max(int(label) for _, label, _ in rows) + 1
+        class_names = [str(i) for i in range(num_classes)]
+    if num_classes is not None and len(class_names) != num_classes:
+        where = class_path if class_path is not None else f"the labels of {train_list_file or list_file}"
+        raise ValueError(
+            f"data.num_classes={num_classes} but {where} define(s) {len(class_names)} classes; "
+            f"set data.num_classes={len(class_names)} or fix the class list"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    records = []
+    for path, label, source in rows:
+        if int_labels:
+            idx = int(label)
+            if not 0 <= idx < len(class_names):
+                raise ValueError(
+                    f"{source}: label {idx} out of range; expected an integer in [0, {len(class_names) - 1}]"
+                )
+        else:
+            if label not in index:
+                raise ValueError(
+                    f"{source}: unknown class name {label!r}; expected one of the {len(class_names)} classes "
+                    f"of {class_path or train_list_file or list_file} (e.g. {class_names[:3]})"
+                )
+            idx = index[label]
+        records.append(VideoRecord(path=_resolve(root, path), label=idx, source=source))
+    if not records:
+        raise ValueError(f"{list_file}:1: no videos listed; expected '<path> <label>' lines")
+    return records, class_names
+
+
+def read_kinetics_folder(
+    split_dir: str | Path, num_classes: int | None, class_names: list[str] | None = None
+) -> tuple[list[VideoRecord], list[str]]:
+    """``split_dir/<class_name>/<video>``. ``class_names`` (from the train split) fixes the mapping."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise ValueError(f"video folder not found: {split_dir} (expected <root>/<split>/<class_name>/*.mp4)")
+    dirs = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if class_names is None:
+        class_names = dirs
+    index = {name: i for i, name in enumerate(class_names)}
+    if num_classes is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"data.num_classes={num_classes} but {split_dir} has {len(class_names)} class folders; "
+            f"set data.num_classes={len(class_names)}"
+        )
+    records = []
+    for d in dirs:
+        if d not in index:
+            raise ValueError(
+                f"{split_dir / d}: unknown class folder {d!r}; expected one of the training split's classes"
+            )
+        for f in sorted((split_dir / d).iterdir()):
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+                records.append(VideoRecord(path=str(f), label=index[d], source=str(f)))
+    if not records:
+        raise ValueError(f"{split_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
+    return records, class_names
+
+
+def parse_charades_actions(text: str, num_classes: int, source: str) -> list[Action]:
+    """``"c092 11.90 21.20;c147 0.00 12.60"`` -> actions; unusable times become ``None``."""
+    actions = []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        fields = part.split()
+        if len(fields) != 3:
+            raise ValueError(f"{source}: action {part!r}: expected 'cNNN <start_s> <end_s>'")
+        m = _CHARADES_CLASS.match(fields[0])
+        if m is None:
+            raise ValueError(f"{source}: action {part!r}: class {fields[0]!r} is not of the form cNNN")
+        label = int(m.group(1))
+        if label >= num_classes:
+            raise ValueError(
+                f"{source}: unknown class {fields[0]!r}; expected c000..c{num_classes - 1:03d} "
+                f"(data.num_classes={num_classes})"
+            )
+        try:
+            start, end = float(fields[1]), float(fields[2])
+        except ValueError:
+            raise ValueError(f"{source}: action {part!r}: start/end must be numbers (seconds)") from None
+        usable = math.isfinite(start) and math.isfinite(end) and 0 <= start <= end
+        actions.append(Action(label, start if usable else None, end if usable else None))
+    return actions
+
+
+def read_charades_csv(
+    csv_file: str | Path, video_dir: str | Path, num_classes: int, video_ext: str = ".mp4"
+) -> list[VideoRecord]:
+    csv_file, video_dir = Path(csv_file), Path(video_dir)
+    _require_file(csv_file, "Charades annotation CSV")
+    records = []
+    with csv_file.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"id", "actions"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(
+                f"{csv_file}:1: header lacks column(s) {sorted(missing)}; "
+                f"expected at least 'id' and 'actions' "
+                f"(got {reader.fieldnames})"
+            )
+        for row in reader:
+            source = f"{csv_file}:{reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                raise ValueError(
+                    f"{source}: wrong number of fields; expected {len(reader.fieldnames)} columns"
+                )
+            vid = row["id"].strip()
+            if not vid:
+                raise ValueError(f"{source}: empty 'id'")
+            length = None
+            if row.get("length", "").strip():
+                try:
+                    length = float(row["length"])
+                except ValueError:
+                    raise ValueError(
+                        f"{source}: 'length' must be a number of seconds, got {row['length']!r}"
+                    ) from None
+            actions = parse_charades_actions(row["actions"], num_classes, source)
+            records.append(
+                VideoRecord(
+                    path=str(video_dir / f"{vid}{video_ext}"), actions=actions, length=length, source=source
+                )
+            )
+    if not records:
+        raise ValueError(f"{csv_file}:2: no videos listed")
+    return records
+
+
+def charades_class_names(num_classes: int, class_file: str | Path | None = None) -> list[str]:
+    """``c000 .. cK-1``; with ``Charades_v1_classes.txt`` (``c000 Holding some clothes``) the names."""
+    names = [f"c{i:03d}" for i in range(num_classes)]
+    if class_file is None:
+        return names
+    class_file = Path(class_file)
+    _require_file(class_file, "Charades class file")
+    for lineno, raw in enumerate(class_file.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        code, _, desc = line.partition(" ")
+        m = _CHARADES_CLASS.match(code)
+        if m is None or int(m.group(1)) >= num_classes:
+            raise ValueError(f"{class_file}:{lineno}: expected 'cNNN description' with NNN < {num_classes}")
+        names[int(m.group(1))] = f"{code} {desc.strip()}".strip()
+    return names

@@ -1,0 +1,148 @@
+"""Video decoding: decord random access (the default) and a PyAV sequential reader.
+
+Both readers expose ``num_frames``, ``fps`` and ``get_batch(indices) -> uint8 array (T, H, W, 3)``
+(RGB). Any failure to open or decode a file is raised as :class:`DecodeError` with the path and a
+short reason, so the dataset can skip and count it.
+
+* :class:`DecordVideo` wraps ``decord.VideoReader(path, num_threads=...)`` and reads a clip with one
+  ``get_batch`` call (decord seeks to the key frame before the first index, decodes forward and
+  converts only the requested frames).
+* :class:`PyAVVideo` is the PySlowFast-style baseline used by ``scripts/bench_data.py`` (and
+  available as ``data.decoder=pyav``): seek to the key frame at or before the first needed frame,
+  decode sequentially until the last needed frame, keep the needed ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+
+import numpy as np
+
+
+class DecodeError(RuntimeError):
+    """A video could not be opened or decoded. ``path`` and ``reason`` are kept for counting."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def check_file(path: str) -> None:
+    """Cheap checks that give clearer reasons than the decoder's messages."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise DecodeError(path, "missing file") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot stat: {e}") from None
+    if size == 0:
+        raise DecodeError(path, "zero-byte file")
+
+
+def _short(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:200]}"
+
+
+class DecordVideo:
+    def __init__(self, path: str, num_threads: int = 1):
+        import decord  # imported lazily: a broken decord install should only fail when used
+
+        check_file(path)
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+            self.num_frames = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps())
+        except Exception as e:  # decord raises DECORDError / RuntimeError for unreadable files
+            raise DecodeError(path, f"cannot open: {_short(e)}") from None
+        if self.num_frames < 1:
+            raise DecodeError(path, "no frames")
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        try:
+            frames = self._vr.get_batch(list(indices)).asnumpy()
+        except Exception as e:
+            raise DecodeError(self.path, f"decode failed: {_short(e)}") from None
+        if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+            raise DecodeError(self.path, f"decoder returned shape {frames.shape} for {len(indices)} frames")
+        return frames
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVVideo:
+    def __init__(self, path: str, num_threads: int = 1):
+        import av
+
+        check_file(path)
+        self.path = path
+        try:
+            self._container = av.open(path)
+            self._stream = self._container.streams.video[0]
+        except Exception as e:
+            raise DecodeError(path, f"cannot open: {_short(e)}") from None
+        if num_threads != 1:
+            self._stream.thread_type = "AUTO"
+            self._stream.thread_count = max(num_threads, 0)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 30.0
+        self._time_base = self._stream.time_base or Fraction(1, 1)
+        self._start = self._stream.start_time or 0
+        n = self._stream.frames
+        if not n and self._stream.duration:
+            n = int(math.floor(float(self._stream.duration * self._time_base) * self.fps + 0.5))
+        self.num_frames = int(n)
+        if self.num_frames < 1:
+            raise DecodeError(path, "no frames")
+
+    def _index(self, pts: int) -> int:
+        return int(math.floor(float((pts - self._start) * self._time_base) * self.fps + 0.5))
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        wanted = sorted(set(int(i) for i in indices))
+        first, last = wanted[0], wanted[-1]
+        got: dict[int, np.ndarray] = {}
+        try:
+            if first > 0:
+                target = self._start + int(first / self.fps / self._time_base)
+                self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            for frame in self._container.decode(self._stream):
+                if frame.pts is None:
+                    continue
+                idx = self._index(frame.pts)
+                if idx in wanted and idx not in got:
+                    got[idx] = frame.to_ndarray(format="rgb24")
+                if idx >= last:
+                    break
+        except Exception as e:
+            raise DecodeError(self.path, f"decode failed: {_short(e)}") from None
+        if not got:
+            raise DecodeError(self.path, f"no frames decoded in [{first}, {last}]")
+        # Frames missing at the end (index beyond the real length) repeat the last decoded one.
+        keys = sorted(got)
+        out = []
+        for i in indices:
+            k = max((k for k in keys if k <= i), default=keys[0])
+            out.append(got[k])
+        return np.stack(out)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+DECODERS = {"decord": DecordVideo, "pyav": PyAVVideo}
+
+
+def open_video(path: str, decoder: str = "decord", num_threads: int = 1) -> DecordVideo | PyAVVideo:
+    """Open ``path`` with the named decoder; raises :class:`DecodeError` on any failure."""
+    try:
+        cls = DECODERS[decoder]
+    except KeyError:
+        raise ValueError(f"data.decoder={decoder!r}; expected one of {sorted(DECODERS)}") from None
+    return cls(path, num_threads=num_threads)

@@ -1,0 +1,103 @@
+"""DataLoader construction: workers, pinned memory, persistent workers, seeding, collate.
+
+The sampler (normally :class:`~nlvideo.data.sampler.ClipSampler`) runs in the main process, so
+``sampler.set_epoch`` works with persistent workers. Augmentation randomness comes from the
+sampler's per-sample seeds, so results do not depend on ``num_workers``; the worker seeding
+below only makes any *other* use of ``random``/``numpy``/``torch`` in workers deterministic.
+The loader gets its own ``torch.Generator`` so that creating iterators does not consume the
+global torch RNG of the training process.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors; concatenate the per-item ``failures`` lists into one flat list."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        if key == "failures":
+            out[key] = [f for item in items for f in item[key]]
+        else:
+            out[key] = torch.stack([item[key] for item in items])
+    return out
+
+
+def seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # per-worker seed set by the DataLoader from its generator
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)  # decoding/transforms of one clip per worker; avoid oversubscription
+
+
+def build_loader(
+    dataset: Dataset,
+    cfg: Mapping,
+    sampler: Sampler,
+    batch_size: int,
+    drop_last: bool | None = None,
+    num_workers: int | None = None,
+) -> DataLoader:
+    """DataLoader over ``dataset`` in ``sampler`` order.
+
+    ``drop_last`` (incomplete final batch) defaults to True for the train split, False otherwise.
+    ``num_workers`` defaults to ``data.num_workers``.
+    """
+    workers = int(cfg.get("num_workers", 0) if num_workers is None else num_workers)
+    if drop_last is None:
+        drop_last = getattr(dataset, "split", "train") == "train"
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = bool(cfg.get("persistent_workers", True))
+        kwargs["prefetch_factor"] = int(cfg.get("prefetch_factor", 2) or 2)
+        kwargs["worker_init_fn"] = seed_worker
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=bool(cfg.get("pin_memory", True)) and torch.cuda.is_available(),
+        drop_last=drop_last,
+        collate_fn=collate_clips,
+        generator=torch.Generator().manual_seed(int(getattr(sampler, "seed", 0))),
+        **kwargs,
+    )
+
+
+class FailureLog:
+    """Main-process tally of the ``failures`` reported in batches (one entry per failed read).
+
+    >>> failures = FailureLog(); failures.update(batch["failures"]); failures.summary()
+    """
+
+    def __init__(self) -> None:
+        self.by_path: Counter[str] = Counter()
+        self.reasons: dict[str, str] = {}
+
+    def update(self, failures: Sequence[tuple[str, str]]) -> None:
+        for path, reason in failures:
+            self.by_path[path] += 1
+            self.reasons.setdefault(path, reason)
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_path.values())
+
+    def summary(self, limit: int = 5) -> str:
+        if not self.by_path:
+            return "0 unreadable videos"
+        shown = "; ".join(f"{p} ({self.reasons[p]})" for p, _ in self.by_path.most_common(limit))
+        more = f"; ... {len(self.by_path) - limit} more" if len(self.by_path) > limit else ""
+        return f"{self.count} failed reads of {len(self.by_path)} unreadable videos: {shown}{more}"
+
+    def reset(self) -> None:
+        self.by_path.clear()
+        self.reasons.clear()

@@ -1,0 +1,107 @@
+"""Spatial transforms on decoded clips: uint8 ``(T, H, W, 3)`` -> float32 ``(3, T, H, W)``.
+
+Built from ``torchvision.transforms.v2.functional`` ops (``resize`` of the short side, ``crop``,
+``horizontal_flip``, ``normalize``) applied to all frames at once, so every frame of a clip gets
+the same geometry. The random parameters are drawn from the ``random.Random`` passed in (the
+dataset seeds it per sample), never from global state.
+
+* train: short side resized to an integer drawn uniformly from ``[min_scale, max_scale]`` (paper:
+  [256, 320]), random ``crop x crop`` square (224), horizontal flip with probability 0.5.
+* test: short side resized to ``scale``; ``num_crops`` squares of ``crop`` spread along the long
+  side (3 crops: left/centre/right for landscape, top/centre/bottom for portrait, as PySlowFast's
+  ``uniform_crop``); 1 crop is the centre crop.
+* normalisation: ``(x - mean) / std`` on 0-255 pixel values; the paper uses the scalars 114.75 and
+  57.375; per-channel (RGB) lists are accepted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# Inside the nlvideo package, so nlvideo/__init__ (the torchvision compat shim) has already run.
+from torchvision.transforms.v2 import functional as F
+
+
+def _channels(v: float | Sequence[float]) -> list[float]:
+    if isinstance(v, (int, float)):
+        return [float(v)] * 3
+    v = [float(x) for x in v]
+    if len(v) == 1:
+        return v * 3
+    if len(v) != 3:
+        raise ValueError(f"mean/std must be a number or 3 numbers (RGB), got {v}")
+    return v
+
+
+def _to_tchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(frames)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+    return x.permute(0, 3, 1, 2)
+
+
+def _finish(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    x = F.normalize(x.float(), mean=_channels(mean), std=_channels(std))
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def short_side_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(T, C, H, W)`` so that the short side is ``size`` (aspect ratio kept)."""
+    if min(x.shape[-2:]) == size:
+        return x
+    return F.resize(x, [size], antialias=True)
+
+
+def train_transform(
+    frames: np.ndarray | torch.Tensor,
+    rng: random.Random,
+    min_scale: int,
+    max_scale: int,
+    crop_size: int,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+    hflip: bool = True,
+) -> torch.Tensor:
+    if not crop_size <= min_scale <= max_scale:
+        raise ValueError(
+            f"need crop_size <= min_scale <= max_scale, got {crop_size}, {min_scale}, {max_scale}"
+        )
+    scale = rng.randint(min_scale, max_scale)
+    x = short_side_resize(_to_tchw(frames), scale)
+    h, w = x.shape[-2:]
+    top = rng.randint(0, h - crop_size)
+    left = rng.randint(0, w - crop_size)
+    x = F.crop(x, top, left, crop_size, crop_size)
+    if hflip and rng.random() < 0.5:
+        x = F.horizontal_flip(x)
+    return _finish(x, mean, std)
+
+
+def crop_offsets(h: int, w: int, crop_size: int, crop_idx: int, num_crops: int) -> tuple[int, int]:
+    """(top, left) of crop ``crop_idx`` of ``num_crops`` spread along the long side, centred on the short."""
+    if not 0 <= crop_idx < num_crops:
+        raise ValueError(f"crop_idx {crop_idx} not in [0, {num_crops})")
+    frac = 0.5 if num_crops == 1 else crop_idx / (num_crops - 1)
+    if w >= h:
+        return (h - crop_size) // 2, int(round((w - crop_size) * frac))
+    return int(round((h - crop_size) * frac)), (w - crop_size) // 2
+
+
+def test_transform(
+    frames: np.ndarray | torch.Tensor,
+    scale: int,
+    crop_size: int,
+    crop_idx: int,
+    num_crops: int,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+) -> torch.Tensor:
+    if crop_size > scale:
+        raise ValueError(f"test crop size {crop_size} larger than the test scale {scale}")
+    x = short_side_resize(_to_tchw(frames), scale)
+    top, left = crop_offsets(x.shape[-2], x.shape[-1], crop_size, crop_idx, num_crops)
+    return _finish(F.crop(x, top, left, crop_size, crop_size), mean, std)
