@@ -177,13 +177,21 @@ def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) ->
 
 
 def write_mp4(
-    path: str | Path, frames: np.ndarray, fps: int = 24, crf: int = 20, preset: str = "superfast"
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 24,
+    crf: int = 20,
+    preset: str = "superfast",
+    faststart: bool = False,
 ) -> None:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames as H.264 (libx264, yuv420p) with PyAV."""
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames as H.264 (libx264, yuv420p) with PyAV.
+
+    ``faststart`` puts the mp4 index (moov) before the frame data, as web videos have it.
+    """
     import av
 
     t, h, w, _ = frames.shape
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
