@@ -1,0 +1,203 @@
+"""Training-step throughput and peak memory: our C2D/I3D/NL-I3D against PyTorchVideo's I3D-R50.
+
+Every (model, variant) runs in its own process, so peak memory (RSS high-water mark on CPU,
+``torch.cuda.max_memory_allocated`` on GPU) belongs to that configuration alone. The peer is
+PyTorchVideo's ``create_resnet`` with the I3D-R50 arguments of ``hub.i3d_r50``; the parameter
+column shows it is the same network as our ``i3d``. The last table puts the achieved GFLOP/s of a
+training step (forward MACs x 2 x 3 for forward + backward) next to a large-matmul peak measured in
+the same run.
+
+    python scripts/bench_train.py                       # 8x224^2, batch 2, fp32 + variants
+    python scripts/bench_train.py --variants fp32 bf16 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import nlvideo  # noqa: F401
+
+VARIANTS = ("fp32", "channels_last", "bf16", "compile")
+MODELS = ("c2d", "i3d", "i3d_nl5", "ptv_i3d")
+_NL5 = {"res3": [1, 3], "res4": [1, 3, 5]}
+
+
+def build(name: str) -> torch.nn.Module:
+    if name == "ptv_i3d":
+        from pytorchvideo.models.hub import i3d_r50
+
+        return i3d_r50(pretrained=False)
+    from nlvideo.models import build_video_resnet
+
+    arch = name.split("_")[0]
+    positions = _NL5 if name.endswith("nl5") else {}
+    return build_video_resnet(name=name, arch=arch, num_classes=400, **{"nonlocal": {"positions": positions}})
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int) -> dict:
+    """One configuration: returns clips/s and the peak memory a training step adds."""
+    from nlvideo.models.stats import count_macs, count_params
+
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model = build(name)
+    params, macs = count_params(model), count_macs(model, (1, 3, frames, size, size))
+    model = model.to(device).train()
+    x = torch.randn(batch, 3, frames, size, size, device=device)
+    y = torch.randint(0, 400, (batch,), device=device)
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    step_model = torch.compile(model) if variant == "compile" else model
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16")
+
+    def step() -> None:
+        with amp:
+            loss = torch.nn.functional.cross_entropy(step_model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = rss_peak_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_peak_mib()
+    return {
+        "model": name,
+        "variant": variant,
+        "params": params,
+        "gmacs": macs / 1e9,
+        "step_s": seconds,
+        "clips_s": batch / seconds,
+        "peak_mib": peak - base,
+        "gflops_s": macs * 2 * 3 * batch / seconds / 1e9,
+    }
+
+
+def gemm_peak_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def run_isolated(args: argparse.Namespace, name: str, variant: str) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        variant,
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--size",
+        str(args.size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"model": name, "variant": variant, "error": out.stderr.strip().splitlines()[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "bf16"], choices=VARIANTS)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.batch, args.frames, args.size, args.steps, args.warmup)))
+        return
+
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"# bench_train: {args.frames}x{args.size}², batch {args.batch}, {args.steps} timed steps; {device}\n"
+    )
+    rows = [run_isolated(args, m, v) for v in args.variants for m in args.models]
+    ref = {r["variant"]: r for r in rows if r["model"] == "ptv_i3d" and "error" not in r}
+    ours_i3d = {r["variant"]: r for r in rows if r["model"] == "i3d" and "error" not in r}
+    print("| model | variant | params | GMACs/clip | step s | clips/s | vs PyTorchVideo i3d | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['variant']} | error: {r['error']} |||||")
+            continue
+        peer = ref.get(r["variant"])
+        ratio = f"{r['clips_s'] / peer['clips_s']:.2f}x" if peer else "—"
+        print(
+            f"| {r['model']} | {r['variant']} | {r['params']:,} | {r['gmacs']:.1f} | {r['step_s']:.2f} "
+            f"| {r['clips_s']:.2f} | {ratio} | {r['peak_mib']:.0f} |"
+        )
+
+    print("\nNL overhead (i3d_nl5 vs i3d, same variant): measured time ratio vs FLOP ratio")
+    print("| variant | time ratio | FLOP ratio |\n|---|---|---|")
+    for r in rows:
+        base = ours_i3d.get(r["variant"])
+        if r["model"] == "i3d_nl5" and "error" not in r and base:
+            print(
+                f"| {r['variant']} | {r['step_s'] / base['step_s']:.2f} | {r['gmacs'] / base['gmacs']:.2f} |"
+            )
+
+    peaks = {"fp32": gemm_peak_gflops(torch.float32), "bf16": gemm_peak_gflops(torch.bfloat16)}
+    print(
+        f"\nMachine GEMM peak (4096² matmul): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+    )
+    print("| model | variant | achieved GFLOP/s | % of GEMM peak |\n|---|---|---|---|")
+    for r in rows:
+        if "error" not in r:
+            peak = peaks["bf16" if r["variant"] == "bf16" else "fp32"]
+            print(
+                f"| {r['model']} | {r['variant']} | {r['gflops_s']:.0f} | {100 * r['gflops_s'] / peak:.0f}% |"
+            )
+
+
+if __name__ == "__main__":
+    main()
