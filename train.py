@@ -259,8 +259,9 @@ def train(cfg: DictConfig) -> int:
                  "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
                  iters_per_epoch, num_epochs, total_iters)
 
-    def save(epoch: int, step: int) -> Path | None:
-        """Checkpoint (collective: gathers every rank's RNG state; rank 0 writes)."""
+    def save(epoch: int, step: int, iteration: int) -> Path | None:
+        """Checkpoint after global ``iteration`` = step ``step`` of ``epoch`` (collective: gathers
+        every rank's RNG state; rank 0 writes)."""
         state = {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -309,7 +310,7 @@ def train(cfg: DictConfig) -> int:
             iteration = outcome["iteration"]
             del batches
             if outcome["stopped"]:
-                save(epoch, outcome["step"])
+                save(epoch, outcome["step"], iteration)
                 log.warning("stopped by signal at iteration %d; checkpoint saved, exiting with status %d "
                             "(rerun with the same hydra.run.dir to resume)", iteration,
                             int(t.preempt_exit_code))
@@ -334,7 +335,7 @@ def train(cfg: DictConfig) -> int:
                                                           "best": best, **metrics})
                     log.info("epoch %d/%d validation: %s", epoch + 1, num_epochs,
                              "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-            save(epoch + 1, 0)
+            save(epoch + 1, 0, iteration)
             tb.flush()
         else:
             log.info("training finished: %d iterations, best %s", iteration, best)
@@ -375,7 +376,7 @@ def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, 
         logits = forward(model, batch["clip"])
         labels = batch["label"].to(logits.device, non_blocking=True)
         loss = criterion(logits, labels.float() if multi_label else labels)
-        if nan_at is not None and iteration == int(nan_at):
+        if nan_at is not None and iteration + 1 == int(nan_at):
             loss = loss * float("nan")
         # One all-reduce per iteration: loss, top-1 hits, clips, stop request (also a NaN check on all ranks).
         b = labels.shape[0]
@@ -387,8 +388,8 @@ def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, 
         if not math.isfinite(loss_avg):
             last = last_ckpt()
             raise NonFiniteLossError(
-                f"loss is {loss_avg} at iteration {iteration} (epoch {epoch + 1}, step {step + 1}/{steps}); "
-                f"stopping. Last good checkpoint: {last or 'none'}. Try a lower optim.lr, "
+                f"loss is {loss_avg} at iteration {iteration + 1} (epoch {epoch + 1}, step {step + 1}/"
+                f"{steps}); stopping. Last good checkpoint: {last or 'none'}. Try a lower optim.lr, "
                 "optim.clip_grad_norm=10 or trainer.amp=off.")
 
         optimizer.zero_grad(set_to_none=True)
@@ -429,7 +430,7 @@ def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, 
             progress.close()
             return {"iteration": iteration, "step": step + 1, "stopped": True}
         if every and iteration % every == 0 and step + 1 < steps:
-            save(epoch, step + 1)
+            save(epoch, step + 1, iteration)
         tic = time.perf_counter()
     progress.close()
 
