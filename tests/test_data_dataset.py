@@ -182,3 +182,15 @@ def test_synthetic_charades_form_clip_labels(synthetic_cfg):
     assert [short[(0, s)]["label"].tolist() for s in range(5)] == expect
     val = build_dataset(cfg, "val")
     assert val[0]["label"].tolist() == [1, 1, 0, 1, 0, 1, 0]  # video-level labels
+
+
+def test_pyav_baseline_decodes_the_same_frames(tmp_path, make_video):
+    from nlvideo.data import open_video
+
+    path = str(make_video(tmp_path / "v.mp4", num_frames=40))
+    for idx in ([0, 3, 3, 39], [17, 19, 21], [30, 38]):
+        a = open_video(path, "decord").get_batch(idx)
+        b = open_video(path, "pyav").get_batch(idx)
+        assert a.shape == b.shape == (len(idx), 48, 64, 3)
+        assert abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert [round(f[24:, 32:].mean() / 3) for f in a] == idx

@@ -61,3 +61,18 @@ def test_errors():
         T.test_transform(frames(), 32, 40, 0, 1, 0, 1)
     with pytest.raises(ValueError, match="3 numbers"):
         T.test_transform(frames(), 32, 32, 0, 1, [1, 2], 1)
+
+
+def test_train_crop_matches_resize_then_crop():
+    # resized_crop of the mapped box == resizing the whole frame then cropping, up to rounding
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+    img = torch.stack([yy * 2, xx * 1.5, yy + xx], -1).clamp(0, 255).to(torch.uint8)[None].repeat(2, 1, 1, 1)
+    for seed in range(6):
+        out = T.train_transform(img, random.Random(seed), 100, 130, 64, 0, 1, hflip=False)
+        rng = random.Random(seed)
+        scale = rng.randint(100, 130)
+        h, w = T.scaled_size(96, 128, scale)
+        top, left = rng.randint(0, h - 64), rng.randint(0, w - 64)
+        ref = T.short_side_resize(img.permute(0, 3, 1, 2), scale)[..., top : top + 64, left : left + 64]
+        diff = (out - ref.permute(1, 0, 2, 3).float()).abs()
+        assert diff.max() <= 3 and diff.mean() < 1

@@ -7,9 +7,10 @@ short reason, so the dataset can skip and count it.
 * :class:`DecordVideo` wraps ``decord.VideoReader(path, num_threads=...)`` and reads a clip with one
   ``get_batch`` call (decord seeks to the key frame before the first index, decodes forward and
   converts only the requested frames).
-* :class:`PyAVVideo` is the PySlowFast-style baseline used by ``scripts/bench_data.py`` (and
-  available as ``data.decoder=pyav``): seek to the key frame at or before the first needed frame,
-  decode sequentially until the last needed frame, keep the needed ones.
+* :class:`PyAVVideo` is the PySlowFast baseline used by ``scripts/bench_data.py`` (and available as
+  ``data.decoder=pyav``), following PySlowFast's ``pyav_decode``: seek to the key frame at or
+  before the first needed frame, decode sequentially until the last needed frame, convert every
+  frame of the clip's window ``[first, last]`` to RGB, then keep the needed ones.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class PyAVVideo:
                 if frame.pts is None:
                     continue
                 idx = self._index(frame.pts)
-                if idx in wanted and idx not in got:
+                if first <= idx <= last and idx not in got:  # PySlowFast converts the whole window
                     got[idx] = frame.to_ndarray(format="rgb24")
                 if idx >= last:
                     break

@@ -1,12 +1,17 @@
 """Spatial transforms on decoded clips: uint8 ``(T, H, W, 3)`` -> float32 ``(3, T, H, W)``.
 
-Built from ``torchvision.transforms.v2.functional`` ops (``resize`` of the short side, ``crop``,
-``horizontal_flip``, ``normalize``) applied to all frames at once, so every frame of a clip gets
-the same geometry. The random parameters are drawn from the ``random.Random`` passed in (the
-dataset seeds it per sample), never from global state.
+Built from ``torchvision.transforms.v2.functional`` ops (``resize``/``resized_crop``, ``crop``,
+``horizontal_flip``) applied to all frames at once, so every frame of a clip gets the same
+geometry. Frames stay in the decoder's channels-last memory layout, where torch's uint8 resize is
+fastest; normalisation is a fused ``(x - mean) / std`` on the final ``(C, T, H, W)`` view (6-8x
+faster here than ``F.normalize`` on channels-last frames followed by a permute). The random
+parameters are drawn from the ``random.Random`` passed in (the dataset seeds it per sample),
+never from global state.
 
 * train: short side resized to an integer drawn uniformly from ``[min_scale, max_scale]`` (paper:
-  [256, 320]), random ``crop x crop`` square (224), horizontal flip with probability 0.5.
+  [256, 320]), random ``crop x crop`` square (224), horizontal flip with probability 0.5. The crop
+  is taken from the source frame and resized once (``resized_crop``): the same as resizing the whole
+  frame and then cropping, up to rounding the crop box to source pixels, and several times cheaper.
 * test: short side resized to ``scale``; ``num_crops`` squares of ``crop`` spread along the long
   side (3 crops: left/centre/right for landscape, top/centre/bottom for portrait, as PySlowFast's
   ``uniform_crop``); 1 crop is the centre crop.
@@ -45,8 +50,17 @@ def _to_tchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _finish(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    x = F.normalize(x.float(), mean=_channels(mean), std=_channels(std))
-    return x.permute(1, 0, 2, 3).contiguous()
+    """uint8 (T, C, H, W) -> normalised float32 (C, T, H, W)."""
+    m = torch.tensor(_channels(mean), dtype=torch.float32).view(3, 1, 1, 1)
+    s = torch.tensor(_channels(std), dtype=torch.float32).view(3, 1, 1, 1)
+    return x.permute(1, 0, 2, 3).float().sub_(m).div_(s)
+
+
+def scaled_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H, W) after resizing the short side to ``size`` (torchvision's rounding)."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
 
 
 def short_side_resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,11 +85,19 @@ def train_transform(
             f"need crop_size <= min_scale <= max_scale, got {crop_size}, {min_scale}, {max_scale}"
         )
     scale = rng.randint(min_scale, max_scale)
-    x = short_side_resize(_to_tchw(frames), scale)
-    h, w = x.shape[-2:]
+    x = _to_tchw(frames)
+    src_h, src_w = x.shape[-2:]
+    h, w = scaled_size(src_h, src_w, scale)
     top = rng.randint(0, h - crop_size)
     left = rng.randint(0, w - crop_size)
-    x = F.crop(x, top, left, crop_size, crop_size)
+    if (h, w) == (src_h, src_w):
+        x = F.crop(x, top, left, crop_size, crop_size)
+    else:  # the crop box mapped back to source pixels, resized once
+        fy, fx = src_h / h, src_w / w
+        y0, x0 = round(top * fy), round(left * fx)
+        y1, x1 = round((top + crop_size) * fy), round((left + crop_size) * fx)
+        box_h, box_w = max(y1 - y0, 1), max(x1 - x0, 1)
+        x = F.resized_crop(x, y0, x0, box_h, box_w, [crop_size, crop_size], antialias=True)
     if hflip and rng.random() < 0.5:
         x = F.horizontal_flip(x)
     return _finish(x, mean, std)
