@@ -130,7 +130,10 @@ def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
     from nlvideo.data import ClipSampler, build_dataset, build_loader
 
     info = du.info()
-    ds = build_dataset(cfg.data, split)
+    try:
+        ds = build_dataset(cfg.data, split)
+    except (ValueError, FileNotFoundError) as exc:  # missing lists/classes, bad data keys: one line
+        raise ConfigError(str(exc)) from exc
     sampler = ClipSampler(len(ds), shuffle=train, seed=int(cfg.seed), rank=info.rank,
                           world_size=info.world_size, drop_last=train)
     loader = build_loader(ds, cfg.data, sampler, batch_size=batch_size)

@@ -1,0 +1,41 @@
+"""eval.py: multi-view test of a checkpoint writes metrics.json, predictions.csv and scores.pt."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from tests.test_train_run import run_app, tiny_overrides
+
+
+def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
+    train_dir = tmp_path / "train"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), "model=c2d_nl1", "trainer.max_iters=2",
+                "trainer.eval_period=0", f"hydra.run.dir={train_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpt = train_dir / "checkpoints" / "checkpoint_000000002.pt"
+
+    out = tmp_path / "eval"
+    # Only the checkpoint and the view count are given: model (c2d_nl1), width and data come from it.
+    r = run_app("eval.py", f"checkpoint={ckpt}", "data.test.num_clips=3", "data.test.num_crops=2",
+                f"hydra.run.dir={out}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "c2d_nl1" and metrics["iteration"] == 2
+    assert metrics["num_views"] == 6 and metrics["num_videos"] == 8 and metrics["skipped_videos"] == 0
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(r["video"].endswith(".mp4") for r in rows)
+    scores = torch.load(out / "scores.pt", weights_only=False)
+    assert scores["scores"].shape == (8, 8)
+    torch.testing.assert_close(scores["scores"].sum(1), torch.ones(8))  # mean of softmaxes
+    top1 = 100.0 * float((scores["scores"].argmax(1) == scores["labels"].long()).float().mean())
+    assert abs(top1 - metrics["top1"]) < 1e-6
+
+
+def test_eval_requires_a_checkpoint(tmp_path):
+    r = run_app("eval.py", f"hydra.run.dir={tmp_path}", timeout=60)
+    assert r.returncode == 2 and "error: checkpoint is required" in r.stderr

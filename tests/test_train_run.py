@@ -1,0 +1,172 @@
+"""train.py end to end, as users run it (subprocesses of the Hydra app on the tiny synthetic data).
+
+One reference run (2 epochs x 4 iterations, checkpoint every 2 iterations, validation with precise BN
+after each epoch, deterministic) is shared: its TensorBoard events and files are checked, and it is
+the uninterrupted baseline that a SIGKILLed-and-resumed run must reproduce bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DATA = dict(train_per_class=2, val_per_class=1)  # = conftest.SMALL_SYNTHETIC, the shared copy
+
+
+def tiny_overrides(root: Path) -> list[str]:
+    return [
+        f"data.root={root}",
+        *(f"data.generate.{k}={v}" for k, v in TINY_DATA.items()),
+        "data.num_workers=0", "data.batch_size=4", "model.width=8",
+        "trainer.progress=lines", "trainer.log_period=1", "trainer.precise_bn.num_batches=2",
+        "trainer.deterministic=true",
+    ]
+
+
+def app_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
+
+
+def run_app(script: str, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *overrides], cwd=REPO, env=app_env(), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def load_model_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+REFERENCE = ["trainer.epochs=2", "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("train") / "reference"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir
+
+
+def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = reference_run
+    assert (d / ".hydra" / "config.yaml").is_file() and (d / "config_resolved.yaml").is_file()
+    assert len(json.loads((d / "classes.json").read_text())) == 8
+    assert (d / "train.log").read_text().count("validation:") == 2
+    ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
+    assert ckpts == [f"checkpoint_{i:09d}.pt" for i in (2, 4, 6, 8)]
+    state = torch.load(d / "checkpoints" / ckpts[-1], map_location="cpu", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "iter_in_epoch", "rng",
+            "samples_per_rank", "config", "overrides"} <= set(state)
+    assert state["iteration"] == 8 and state["epoch"] == 2 and len(state["rng"]) == 1
+
+    events = list((d / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(d / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/top1", "train/lr", "train/clips_per_s", "train/data_time_frac",
+            "val/top1", "val/top5", "data/skipped_videos"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
+    assert [e.step for e in acc.Scalars("val/top1")] == [4, 8]
+    assert all(0 <= e.value <= 100 for e in acc.Scalars("val/top5"))
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > 0  # cosine decay
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["iteration"] == 8 and "top1" in metrics
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_exact(reference_run, synthetic_root, tmp_path):
+    """Kill -9 mid-epoch 1 once a checkpoint exists, resume, end with the reference's exact weights."""
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", *tiny_overrides(synthetic_root), *REFERENCE,
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    killed_at = None
+    for line in proc.stdout:
+        if "epoch 1/2 [3/4]" in line:  # iteration 3 logged => checkpoint 2 is on disk
+            proc.send_signal(signal.SIGKILL)
+            killed_at = line
+            break
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL
+    assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["checkpoint_000000002.pt"]
+
+    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "iteration 2)" in r.stdout
+    want = load_model_state(reference_run / "checkpoints" / "checkpoint_000000008.pt")
+    got = load_model_state(run_dir / "checkpoints" / "checkpoint_000000008.pt")
+    assert want.keys() == got.keys()
+    different = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not different, f"tensors differ after resume: {different[:5]}"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_iteration_boundary_and_exits_zero(synthetic_root, tmp_path):
+    run_dir = tmp_path / "preempted"
+    cmd = [sys.executable, "train.py", *tiny_overrides(synthetic_root), "trainer.epochs=1",
+           "trainer.eval_period=0", "trainer.checkpoint.every_iters=0", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if "epoch 1/1 [1/4]" in line:
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, "".join(out)[-3000:]
+    text = "".join(out)
+    assert "received SIGTERM" in text and "stopped by signal" in text
+    (ckpt,) = (run_dir / "checkpoints").glob("*.pt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert 1 <= state["iteration"] < 4 and state["iter_in_epoch"] == state["iteration"]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(synthetic_root, tmp_path):
+    run_dir = tmp_path / "nan"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), "trainer.epochs=1", "trainer.eval_period=0",
+                "trainer.checkpoint.every_iters=2", "trainer.debug.nan_at_iter=3", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 1
+    assert "loss is nan at iteration 3" in r.stdout
+    assert "Last good checkpoint: " in r.stdout and "checkpoint_000000002.pt" in r.stdout
+    assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["checkpoint_000000002.pt"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=xyz"], "Could not find 'model/xyz'"),
+        (["data=kinetics400", "data.root=???"], "error: data.root is required for data=kinetics400"),
+        (["data=kinetics400"], "error: annotation list not found"),
+    ],
+)
+def test_bad_overrides_fail_fast_with_one_clear_line(overrides, message, tmp_path):
+    # data.root points nowhere: validation must fail before any data is read or generated.
+    r = run_app("train.py", f"data.root={tmp_path / 'absent'}", *overrides, f"hydra.run.dir={tmp_path}/run",
+                "model.width=8", timeout=60)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_each_model_its_own_run(synthetic_root, tmp_path):
+    r = run_app("train.py", "-m", "model=c2d,c2d_nl1", *tiny_overrides(synthetic_root), "trainer.max_iters=1",
+                "trainer.eval_period=0", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for sub in ("0_c2d", "1_c2d_nl1"):
+        assert (tmp_path / sub / "checkpoints" / "checkpoint_000000001.pt").is_file()
+        assert (tmp_path / sub / "tb").is_dir()
