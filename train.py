@@ -105,6 +105,18 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     return net
 
 
+def load_weights_for_finetuning(net: torch.nn.Module, path: str) -> None:
+    """Copy the model weights of a checkpoint whose shapes match (the classifier of a model trained on
+    another label set is skipped); optimizer and schedule start fresh."""
+    state = ckpt_io.load_checkpoint(path)["model"]
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    net.load_state_dict(usable, strict=False)
+    log.info("initialised %d/%d tensors from %s; not loaded: %s; left at init: %s", len(usable), len(own),
+             path, skipped or "none", sorted(set(own) - set(usable)) or "none")
+
+
 def model_stats(net: torch.nn.Module, cfg: DictConfig, device: torch.device) -> dict[str, float]:
     """Parameter count and forward FLOPs of one clip (FlopCounterMode counts 1 MAC as 2 FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -194,6 +206,8 @@ def train(cfg: DictConfig) -> int:
 
     # Model, optimiser, schedule, AMP scaler.
     net = build_model(cfg, device)
+    if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
+        load_weights_for_finetuning(net, str(t.init_weights))
     stats = model_stats(net, cfg, device) if info.is_main else {}
     if info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
