@@ -53,8 +53,7 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
     missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
     if "data.root" in missing:
         name = cfg.data.get("name", "?")
-        raise ConfigError(f"data.root is required for data={name}: pass data.root=/path/to/{name} "
-                          "(or use data=synthetic, the built-in dataset)")
+        raise ConfigError(f"data.root is required for data={name}: pass data.root=/path/to/{name}")
     if missing:
         raise ConfigError(f"{missing[0]} is required (it has no default): pass {missing[0]}=...")
 
