@@ -171,6 +171,7 @@ class NonLocalBlock(nn.Module):
         return f.softmax(dim=-1)
 
     def _aggregate_efficient(self, theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Position-major (B, N, d) aggregation with plain autograd ops (used under autocast)."""
         n, m = theta.shape[1], phi.shape[1]
         if self.instantiation in ("gaussian", "embedded_gaussian"):
             s = self.inter_channels**-0.5 if self.scale else 1.0
@@ -184,6 +185,76 @@ class NonLocalBlock(nn.Module):
         a, b = self._concat_terms(theta, phi)
         return F.relu(a[:, :, None] + b[:, None, :]) @ g / m
 
+    # ---- the efficient path: channel-major (B, C, N) matrices end to end, no transposed copies ----
+
+    @staticmethod
+    def _conv_weight(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return conv.weight.flatten(1), conv.bias  # a 1x1 conv is a (C_out, C_in) matrix
+
+    def _project(self, x2: torch.Tensor, convs: list[nn.Module]) -> torch.Tensor:
+        """Several 1x1 convs of x2 (B, C, N) as one GEMM: (B, sum C_out, N)."""
+        ws, bs = zip(*(self._conv_weight(c) for c in convs), strict=True)
+        w = ws[0] if len(ws) == 1 else torch.cat(ws)
+        w = w.to(x2.dtype).expand(x2.shape[0], *w.shape)  # bmm on the contiguous input: no copy of x
+        if all(bias is not None for bias in bs):
+            bias = bs[0] if len(bs) == 1 else torch.cat(bs)
+            return torch.baddbmm(bias.to(x2.dtype)[:, None], w, x2)
+        return torch.bmm(w, x2)
+
+    def _pool(self, t: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        """Sub-sampling max-pool of a (B, K, N) matrix; returns (B, K, M). Saves int32 indices only."""
+        pool = self.phi[1] if isinstance(self.phi, nn.Sequential) else self.phi
+        out = _MaxPoolLean.apply(t.reshape(*t.shape[:2], *spatial), pool)
+        return out.flatten(2)
+
+    def _forward_efficient(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        spatial = tuple(x.shape[2:])
+        x2 = x.reshape(b, c, -1)  # (B, C, N): a view of a contiguous input
+        ci = self.inter_channels
+        embedded = self.instantiation != "gaussian"
+        g_conv = self.g[0] if self.sub_sample else self.g
+        if embedded:
+            phi_conv = self.phi[0] if self.sub_sample else self.phi
+            theta = self._project(x2, [self.theta])
+            phig = self._project(x2, [phi_conv, g_conv])  # phi and g: one GEMM, one pool
+            if self.sub_sample:
+                phig = self._pool(phig, spatial)
+            phi, g = phig[:, :ci], phig[:, ci:]
+        else:  # gaussian: theta = x, phi = pooled x
+            theta = x2
+            phi = self._pool(x2, spatial) if self.sub_sample else x2
+            g = self._project(x2, [g_conv])
+            if self.sub_sample:
+                g = self._pool(g, spatial)
+        m = phi.shape[2]
+        if self.instantiation in ("gaussian", "embedded_gaussian"):
+            s = ci**-0.5 if self.scale else None
+            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s)  # (B, C', N)
+        elif self.instantiation == "dot_product":
+            n = theta.shape[2]
+            if (n + m) * ci < 2 * n * m:  # (g phi^T) theta: (N+M) C'^2 MACs vs 2 N M C'
+                y = torch.matmul(torch.matmul(g, phi.transpose(1, 2)), theta) / m
+            else:
+                y = torch.matmul(g, torch.matmul(phi.transpose(1, 2), theta)) / m
+        else:
+            w = self.concat_project[0].weight.flatten()
+            a = torch.matmul(w[:ci], theta)  # (B, N)
+            bj = torch.matmul(w[ci:], phi)  # (B, M)
+            y = torch.matmul(g, F.relu(bj[:, :, None] + a[:, None, :])) / m  # (C',M)@(M,N)
+        return self._output(y, x, x2)
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """z = BN(W_z y) + x with W_z as a GEMM; the BN form recomputes W_z y in backward."""
+        if isinstance(self.W, nn.Sequential):
+            conv, bn = self.W
+            if _LeanBNResidual.supports(bn):
+                w, bias = self._conv_weight(conv)
+                z = _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, x2, bn)
+                return z.view(x.shape)
+            return bn(self._project(y, [conv]).view(x.shape)) + x
+        return (self._project(y, [self.W]) + x2).view(x.shape)
+
     def forward(
         self, x: torch.Tensor, return_nl_map: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -193,9 +264,12 @@ class NonLocalBlock(nn.Module):
                 f"NonLocalBlock(dimension={self.dimension}) expects a {self.dimension + 2}-D input "
                 f"(B, C, ...), got shape {tuple(x.shape)}"
             )
+        use_map = return_nl_map or self.impl == "naive"
+        if not use_map and not torch.is_autocast_enabled(x.device.type):
+            return self._forward_efficient(x)
         theta, phi, g = self._embeddings(x)
         nl_map = None
-        if return_nl_map or self.impl == "naive":
+        if use_map:
             nl_map = self.affinity(theta, phi)
             y = nl_map @ g
         else:
@@ -203,3 +277,148 @@ class NonLocalBlock(nn.Module):
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
         z = self.W(y) + x
         return (z, nl_map) if return_nl_map else z
+
+
+def _chunk_rows(n: int, m: int, itemsize: int) -> int:
+    """Queries per chunk: an (n_c x M) score block of about 4 MiB (fits the L3 cache)."""
+    return max(32, min(n, (1 << 22) // max(1, m * itemsize)))
+
+
+class _ChunkedSoftmaxAttention(torch.autograd.Function):
+    """y = g softmax(s theta^T phi)^T on channel-major (B, d, N), (B, d, M), (B, C', M) matrices.
+
+    Flash-attention style on CPU: the queries are processed in chunks so the (N x M) map never exists
+    whole; backward recomputes each chunk's scores and softmax instead of saving them, so the saved
+    activations are theta, phi, g (O(N d)) instead of the O(N M) map. Each chunk's arithmetic is the
+    naive path's (mm, softmax, mm; softmax backward), hence equal to it to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, phi, g, scale):  # noqa: ANN001, ANN205
+        b, _, n = theta.shape
+        y = g.new_empty(b, g.shape[1], n)
+        rows = _chunk_rows(n, phi.shape[2], theta.element_size())
+        for i in range(b):
+            for r in range(0, n, rows):
+                s = torch.mm(theta[i, :, r : r + rows].t(), phi[i])
+                if scale is not None:
+                    s.mul_(scale)
+                p = torch.softmax(s, dim=1)
+                torch.mm(g[i], p.t(), out=y[i, :, r : r + rows])
+        ctx.save_for_backward(theta, phi, g)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # noqa: ANN001, ANN205
+        theta, phi, g = ctx.saved_tensors
+        scale = ctx.scale
+        b, _, n = theta.shape
+        dtheta, dphi, dg = torch.empty_like(theta), torch.zeros_like(phi), torch.zeros_like(g)
+        rows = _chunk_rows(n, phi.shape[2], theta.element_size())
+        for i in range(b):
+            for r in range(0, n, rows):
+                th = theta[i, :, r : r + rows]
+                dyc = dy[i, :, r : r + rows]
+                s = torch.mm(th.t(), phi[i])
+                if scale is not None:
+                    s.mul_(scale)
+                p = torch.softmax(s, dim=1)
+                dp = torch.mm(dyc.t(), g[i])  # (n_c, M)
+                dg[i].addmm_(dyc, p)
+                ds = torch._softmax_backward_data(dp, p, 1, p.dtype)
+                if scale is not None:
+                    ds.mul_(scale)
+                torch.mm(phi[i], ds.t(), out=dtheta[i, :, r : r + rows])
+                dphi[i].addmm_(th, ds)
+        return dtheta, dphi, dg, None
+
+
+class _MaxPoolLean(torch.autograd.Function):
+    """The block's max-pool, saving int32 arg-max indices only (autograd's saves the input too)."""
+
+    @staticmethod
+    def forward(ctx, x, pool):  # noqa: ANN001, ANN205
+        fn = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[x.dim()]
+        out, idx = fn(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
+        ctx.save_for_backward(idx.to(torch.int32))
+        ctx.in_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: ANN001, ANN205
+        (idx,) = ctx.saved_tensors
+        shape = ctx.in_shape
+        dx = dout.new_zeros(*shape[:2], shape[2:].numel())
+        dx.scatter_(2, idx.flatten(2).long(), dout.flatten(2))  # pooling windows do not overlap
+        return dx.view(shape), None
+
+
+class _LeanBNResidual(torch.autograd.Function):
+    """z = BN(W y + b) + x for (B, C', N) y and (B, C, N) x, BN being a BatchNorm module.
+
+    Saves y (already saved by the attention) and the BN statistics, not W y (C/C' = 2 times larger):
+    backward recomputes it with one GEMM. The BN output is written over W y in place and the
+    residual added in place, so the forward allocates one (B, C, N) tensor, the output. Statistics,
+    running-stat updates and the backward are ATen's own batch-norm kernels.
+    """
+
+    @staticmethod
+    def supports(bn: nn.Module) -> bool:
+        return bn.affine and (bn.track_running_stats or bn.training)
+
+    @staticmethod
+    def forward(ctx, y, w, bias, gamma, beta, x2, bn):  # noqa: ANN001, ANN205
+        wy = _linear(w, bias, y)
+        training = bn.training or bn.running_mean is None
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        if training:
+            mean, invstd = torch.batch_norm_stats(wy, bn.eps) if wy.is_cuda else _bn_stats(wy, bn.eps)
+            if bn.running_mean is not None and bn.training:
+                cnt = wy.numel() // wy.shape[1]
+                with torch.no_grad():
+                    var_unbiased = (1.0 / invstd.double().square() - bn.eps) * cnt / max(cnt - 1, 1)
+                    bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+                    bn.running_var.mul_(1 - momentum).add_(
+                        var_unbiased.to(bn.running_var.dtype), alpha=momentum
+                    )
+        else:
+            mean = bn.running_mean.to(wy.dtype)
+            invstd = torch.rsqrt(bn.running_var.to(wy.dtype) + bn.eps)
+        k = (gamma * invstd).to(wy.dtype)
+        wy.sub_(mean[:, None].to(wy.dtype)).mul_(k[:, None]).add_(beta[:, None].to(wy.dtype)).add_(x2)
+        ctx.save_for_backward(y, w, bias, gamma, mean, invstd)
+        ctx.training, ctx.eps, ctx.bn = training, bn.eps, bn
+        return wy
+
+    @staticmethod
+    def backward(ctx, dz):  # noqa: ANN001, ANN205
+        y, w, bias, gamma, mean, invstd = ctx.saved_tensors
+        wy = _linear(w, bias, y)
+        bn = ctx.bn
+        rm, rv = (None, None) if ctx.training else (bn.running_mean, bn.running_var)
+        sm, si = (mean, invstd) if ctx.training else (None, None)
+        dwy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dz.contiguous(), wy, gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True, True, True]
+        )
+        del wy
+        dy = torch.bmm(w.t().expand(dwy.shape[0], *w.t().shape), dwy)
+        dw = torch.bmm(dwy, y.transpose(1, 2)).sum(0)
+        dbias = dwy.sum((0, 2)) if bias is not None else None
+        return dy, dw, dbias, dgamma, dbeta, dz, None
+
+
+def _linear(w: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """w @ y[b] + bias for each b of a (B, C_in, N) tensor: one bmm, no copies of y."""
+    w = w.expand(y.shape[0], *w.shape)
+    return torch.bmm(w, y) if bias is None else torch.baddbmm(bias[:, None], w, y)
+
+
+def _bn_stats(t: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and 1/sqrt(biased var + eps) of a (B, C, N) tensor, as ATen's batch norm."""
+    var, mean = torch.var_mean(t, dim=(0, 2), correction=0)
+    return mean, torch.rsqrt(var + eps)

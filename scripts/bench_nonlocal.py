@@ -1,0 +1,268 @@
+"""Forward+backward of one non-local block: the naive path vs ours (``impl="efficient"``).
+
+Every configuration runs in its own fresh process (``multiprocessing`` spawn), once per path, so the
+peak-memory figure of one run is not polluted by another's: on CPU it is the RSS high-water mark
+(``getrusage(RUSAGE_SELF).ru_maxrss``) minus the RSS after the block, its input and the output
+gradient were built, i.e. the peak *activation* memory of the training step (forward, backward,
+gradients); on CUDA ``torch.cuda.max_memory_allocated`` minus the allocated memory at the same
+point. The child processes run with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``) so
+that large tensors are returned to the OS when freed and the RSS high-water mark tracks live
+tensors, not allocator caching (``--malloc-default`` turns that off).
+
+Shapes (I3D-R50, Kinetics, see ``nlvideo/models/resnet.py``): with 8x224^2 input (8x8) and with
+32x224^2 input (32x2) the temporal size is T=4 from res3 on, so both give res3 = (C=512, 4, 28, 28)
+and res4 = (C=1024, 4, 14, 14); the paper's Table 1 (C2D, 32x224^2, no temporal stride in conv1)
+has T=8 at res3/res4, listed as "32x224^2 (Table 1: T=8)".
+
+The blocks are built with the same seed and non-zero weights (a fresh block's W is zero), BN in
+training mode. max|diff| is max |z_naive - z_ours| over the output of the first step (the column
+``max|dx diff|`` is the same for the input gradient); fp32 must be <= 1e-5.
+
+    python scripts/bench_nonlocal.py            # --quick: the key rows, including the target row
+    python scripts/bench_nonlocal.py --full     # the whole grid (hours on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = {  # label -> (C, T, H=W)
+    "8x224² res3": (512, 4, 28),
+    "8x224² res4": (1024, 4, 14),
+    "8x224² res5": (2048, 4, 7),
+    "32x224² (Table 1: T=8) res3": (512, 8, 28),
+    "32x224² (Table 1: T=8) res4": (1024, 8, 14),
+}
+ABBREV = {
+    "gaussian": "gauss", "embedded_gaussian": "emb-gauss", "dot_product": "dot", "concatenation": "concat"
+}
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    shape: str
+    instantiation: str = "embedded_gaussian"
+    batch: int = 2
+    dtype: str = "fp32"
+    sub_sample: bool = True
+
+    @property
+    def label(self) -> str:
+        ss = "sub" if self.sub_sample else "no-sub"
+        return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {self.dtype} {ss}"
+
+    def naive_map_bytes(self) -> int:
+        """Size of the naive path's largest tensor (the map, or concatenation's (B, 2C', N, M) pairs)."""
+        c, t, h = SHAPES[self.shape]
+        n = t * h * h
+        m = t * (h // 2) ** 2 if self.sub_sample else n
+        size = 2 if self.dtype == "bf16" else 4
+        pairs = c if self.instantiation == "concatenation" else 1  # 2C' = C channels of pairs
+        return self.batch * n * m * size * pairs
+
+
+QUICK = [
+    Config("8x224² res3"),  # the target row
+    Config("8x224² res3", sub_sample=False),
+    Config("8x224² res3", batch=8),
+    Config("8x224² res4"),
+    Config("8x224² res4", batch=8, sub_sample=False),
+    Config("32x224² (Table 1: T=8) res3"),
+    Config("8x224² res3", instantiation="gaussian"),
+    Config("8x224² res3", instantiation="dot_product"),
+    Config("8x224² res4", instantiation="concatenation"),
+    Config("8x224² res4", dtype="bf16"),
+]
+
+
+def full_grid() -> list[Config]:
+    shapes = ["8x224² res3", "8x224² res4", "32x224² (Table 1: T=8) res3", "32x224² (Table 1: T=8) res4"]
+    return [
+        Config(s, i, b, d, ss)
+        for s, i, b, d, ss in itertools.product(
+            shapes, ("gaussian", "embedded_gaussian", "dot_product", "concatenation"), (2, 8),
+            ("fp32", "bf16"), (True, False),
+        )
+    ]
+
+
+def build(cfg: Config, impl: str, device: str):  # noqa: ANN201
+    import torch
+
+    from nlvideo.models import NonLocalBlock
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
+    c, t, h = SHAPES[cfg.shape]
+    torch.manual_seed(0)
+    block = NonLocalBlock(c, instantiation=cfg.instantiation, sub_sample=cfg.sub_sample, impl=impl)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name == "W.1.weight":
+                p.fill_(1.0)
+            elif p.dim() > 1:
+                p.normal_(std=0.02)
+            else:
+                p.normal_(std=0.01)
+    block = block.to(device=device, dtype=dtype).train()
+    x = torch.randn(cfg.batch, c, t, h, h, device=device, dtype=dtype, requires_grad=True)
+    gz = torch.randn(x.shape, device=device, dtype=dtype)
+    return block, x, gz
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(cfg: Config, impl: str, device: str, repeat: int, warmup: int, threads: int, dump: str, q) -> None:
+    import resource
+
+    import torch
+
+    import nlvideo  # noqa: F401  (compat shim first)
+
+    if threads:
+        torch.set_num_threads(threads)
+    block, x, gz = build(cfg, impl, device)
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def step():  # noqa: ANN202
+        x.grad = None
+        block.zero_grad(set_to_none=True)
+        z = block(x)
+        z.backward(gz)
+        return z
+
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+    times = []
+    for i in range(warmup + repeat):
+        t0 = time.perf_counter()
+        z = step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        if i == 0:
+            torch.save({"z": z.detach().cpu(), "dx": x.grad.cpu()}, dump)
+        del z
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    q.put({"ms": [t * 1e3 for t in times], "peak": peak})
+
+
+def run_one(cfg: Config, impl: str, args: argparse.Namespace, dump: str) -> dict | None:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    repeat = max(1, args.repeat // 3) if cfg.dtype == "bf16" and args.device == "cpu" else args.repeat
+    p = ctx.Process(target=child, args=(cfg, impl, args.device, repeat, args.warmup, args.threads, dump, q))
+    p.start()
+    try:
+        res = q.get(timeout=args.timeout)
+    except Exception:  # noqa: BLE001  (queue.Empty, or the child died)
+        res = None
+    p.join(timeout=30)
+    if p.is_alive():
+        p.kill()
+    return res
+
+
+def compare(naive_dump: str, ours_dump: str) -> dict[str, float]:
+    """max |naive - ours| of the output z and the input gradient, absolute and relative to max |naive|."""
+    import torch
+
+    a, b = torch.load(naive_dump), torch.load(ours_dump)
+    out = {}
+    for k in ("z", "dx"):
+        ref = a[k].float()
+        out[k] = (ref - b[k].float()).abs().max().item()
+        out[k + "_rel"] = out[k] / max(ref.abs().max().item(), 1e-30)
+    return out
+
+
+def fmt_ms(r: dict | None) -> str:
+    return "—" if r is None else f"{statistics.median(r['ms']):.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    grid = ap.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true", help="the key rows (default)")
+    grid.add_argument("--full", action="store_true", help="every shape x instantiation x batch x dtype x sub")
+    ap.add_argument("--only", default="", help="run the rows whose label contains this text")
+    ap.add_argument("--repeat", type=int, default=5, help="timed steps per run (bf16 on CPU: a third)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in children (0: default)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--max-naive-gib", type=float, default=6.0, help="skip naive runs whose map exceeds this")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    ap.add_argument("--malloc-default", action="store_true", help="keep glibc's dynamic mmap threshold")
+    args = ap.parse_args()
+    if args.device == "cpu" and not args.malloc_default:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # inherited by the spawned children
+    configs = full_grid() if args.full else QUICK
+    configs = [c for c in configs if args.only in c.label]
+
+    import torch
+
+    import nlvideo  # noqa: F401
+
+    threads = args.threads or torch.get_num_threads()
+    print(f"# torch {torch.__version__}, device {args.device}, threads {threads}, median of {args.repeat} "
+          f"steps after {args.warmup} warm-up (bf16 on CPU: {max(1, args.repeat // 3)})\n")
+    header = ("| config | naive ms | ours ms | speedup | naive peak MiB | ours peak MiB | memory ratio "
+              "| max\\|diff\\| | max\\|dx diff\\| |")
+    print(header)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in configs:
+            res = {}
+            for impl in ("naive", "efficient"):
+                if impl == "naive" and cfg.naive_map_bytes() > args.max_naive_gib * 1024**3:
+                    res[impl] = None
+                    continue
+                res[impl] = run_one(cfg, impl, args, os.path.join(tmp, f"{impl}.pt"))
+            nv, ours = res["naive"], res["efficient"]
+            speed = mem = diff = ddiff = "—"
+            if nv and ours:
+                speed = f"{statistics.median(nv['ms']) / statistics.median(ours['ms']):.2f}x"
+                mem = f"{ours['peak'] / nv['peak']:.2f}"
+                d = compare(os.path.join(tmp, "naive.pt"), os.path.join(tmp, "efficient.pt"))
+                diff = f"{d['z']:.1e} ({d['z_rel']:.0e} rel)"
+                ddiff = f"{d['dx']:.1e} ({d['dx_rel']:.0e} rel)"
+            note = ""
+            if nv is None and cfg.naive_map_bytes() > args.max_naive_gib * 1024**3:
+                note = f" (naive skipped: {cfg.naive_map_bytes() / 1024**3:.0f} GiB map)"
+            npk = "—" if nv is None else f"{nv['peak'] / MIB:.0f}"
+            opk = "—" if ours is None else f"{ours['peak'] / MIB:.0f}"
+            print(f"| {cfg.label}{note} | {fmt_ms(nv)} | {fmt_ms(ours)} | {speed} | {npk} | {opk} | {mem} "
+                  f"| {diff} | {ddiff} |", flush=True)
+            for impl in ("naive", "efficient"):
+                if res[impl] is not None:
+                    spread = ", ".join(f"{t:.0f}" for t in res[impl]["ms"])
+                    print(f"<!-- {impl}: {spread} ms -->", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
