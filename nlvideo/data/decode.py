@@ -68,10 +68,27 @@ class DecordVideo:
         try:
             frames = self._vr.get_batch(list(indices)).asnumpy()
         except Exception as e:
-            raise DecodeError(self.path, f"decode failed: {_short(e)}") from None
+            reason = f"decode failed: {_short(e)}"
+            return self._pyav_fallback(indices, reason)
         if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
-            raise DecodeError(self.path, f"decoder returned shape {frames.shape} for {len(indices)} frames")
+            shape = f"decoder returned shape {frames.shape} for {len(indices)} frames"
+            return self._pyav_fallback(indices, shape)
         return frames
+
+    def _pyav_fallback(self, indices: Sequence[int], reason: str) -> np.ndarray:
+        """decord cannot convert some valid videos (e.g. frames narrower than 32 px: "The size must
+        exactly match"); decode those with PyAV. If PyAV fails too, the video is reported with
+        decord's reason."""
+        try:
+            video = PyAVVideo(self.path)
+        except DecodeError:
+            raise DecodeError(self.path, reason) from None
+        try:
+            return video.get_batch(indices)
+        except DecodeError:
+            raise DecodeError(self.path, reason) from None
+        finally:
+            video.close()
 
     def close(self) -> None:
         self._vr = None
@@ -98,8 +115,11 @@ class PyAVVideo:
         n = self._stream.frames
         if not n and self._stream.duration:
             n = int(math.floor(float(self._stream.duration * self._time_base) * self.fps + 0.5))
+        if not n and self._container.duration:  # e.g. Matroska: only the container has a duration
+            n = int(math.floor(self._container.duration / 1_000_000 * self.fps + 0.5))
         self.num_frames = int(n)
         if self.num_frames < 1:
+            self._container.close()
             raise DecodeError(path, "no frames")
 
     def _index(self, pts: int) -> int:
