@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvideo imports)
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
+from nlvideo.engine.bad_videos import BadVideoReport
 from nlvideo.engine.config import ConfigError, validate_config
 from nlvideo.engine.evaluate import compute_metrics, run_evaluation, write_json, write_predictions
 from nlvideo.engine.logging import Progress, setup_rank_logging
@@ -75,6 +76,8 @@ def evaluate(cfg: DictConfig) -> int:
     agg = run_evaluation(net, loader, ds.num_videos, ds.num_classes, bool(ds.multi_label), forward,
                          progress=lambda it: _ticking(it, progress))
     progress.close()
+    bad_videos = BadVideoReport()
+    bad_videos.update(bad_videos.new(agg.failures.items()), "its views are not scored")
     present, scores, labels = agg.result()
     metrics = compute_metrics(scores, labels, bool(ds.multi_label))
     metrics.update({"num_videos": int(len(present)), "skipped_videos": agg.num_failed,

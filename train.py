@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvideo imports)
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
+from nlvideo.engine.bad_videos import BadVideoReport
 from nlvideo.engine.config import ConfigError, resolve_device, validate_config
 from nlvideo.engine.evaluate import compute_metrics, run_evaluation, write_json
 from nlvideo.engine.logging import Progress, TensorBoard, setup_rank_logging
@@ -146,6 +147,7 @@ def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
         ds = build_dataset(cfg.data, split)
     except (ValueError, FileNotFoundError) as exc:  # missing lists/classes, bad data keys: one line
         raise ConfigError(str(exc)) from exc
+    ds.report_failures = False  # reported once per run by BadVideoReport, not by every worker
     sampler = ClipSampler(len(ds), shuffle=train, seed=int(cfg.seed), rank=info.rank,
                           world_size=info.world_size, drop_last=train)
     loader = build_loader(ds, cfg.data, sampler, batch_size=batch_size)
@@ -300,6 +302,7 @@ def train(cfg: DictConfig) -> int:
     if "SUBMITIT_EXECUTOR" in os.environ:  # submitit's timeout signal: checkpoint, then let it requeue
         preempt_signals.append("SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").removeprefix("SIG"))
     preemption = PreemptionHandler(preempt_signals)
+    bad_videos = BadVideoReport()
 
     # The epoch loop.
     status = 0
@@ -323,6 +326,7 @@ def train(cfg: DictConfig) -> int:
                 epoch=epoch, num_epochs=num_epochs, first_step=first_step, steps=steps,
                 start_iteration=iteration, global_batch=global_batch, tb=tb, preemption=preemption,
                 save=save, last_ckpt=lambda: (ckpt_io.list_checkpoints(ckpt_dir) or [None])[-1],
+                bad_videos=bad_videos,
             )
             iteration = outcome["iteration"]
             del batches
@@ -342,7 +346,7 @@ def train(cfg: DictConfig) -> int:
                     used = update_bn_stats(net, iter(train_loader), int(t.precise_bn.num_batches),
                                            lambda m, b: forward(m, b["clip"]))
                     log.info("precise BN: statistics recomputed over %d batch(es)", used)
-                metrics = validate(cfg, net, val_loader, val_ds, forward, multi_label)
+                metrics = validate(cfg, net, val_loader, val_ds, forward, multi_label, bad_videos)
                 tb.scalars({f"val/{k}": v for k, v in metrics.items()}, iteration)
                 key = "mAP" if multi_label else "top1"
                 if key in metrics and (best is None or metrics[key] > best):
@@ -355,7 +359,8 @@ def train(cfg: DictConfig) -> int:
             save(epoch + 1, 0, iteration)
             tb.flush()
         else:
-            log.info("training finished: %d iterations, best %s", iteration, best)
+            log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported", iteration,
+                     best, bad_videos.count)
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         status = 1
@@ -367,7 +372,7 @@ def train(cfg: DictConfig) -> int:
 
 def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, criterion, multi_label, *,
                     epoch, num_epochs, first_step, steps, start_iteration, global_batch, tb, preemption,
-                    save, last_ckpt) -> dict:
+                    save, last_ckpt, bad_videos: BadVideoReport) -> dict:
     """Steps ``first_step..steps-1`` of one epoch. Returns the new global iteration and whether a stop
     signal arrived (``stopped``; the caller then checkpoints at ``step``)."""
     t = cfg.trainer
@@ -390,17 +395,21 @@ def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, 
             break
         data_time = time.perf_counter() - tic
         failures += len(batch.get("failures") or [])
+        new_bad = bad_videos.new(batch.get("failures") or [])
         logits = forward(model, batch["clip"])
         labels = batch["label"].to(logits.device, non_blocking=True)
         loss = criterion(logits, labels.float() if multi_label else labels)
         if nan_at is not None and iteration + 1 == int(nan_at):
             loss = loss * float("nan")
-        # One all-reduce per iteration: loss, top-1 hits, clips, stop request (also a NaN check on all ranks).
+        # One all-reduce per iteration: loss, top-1 hits, clips, stop request (also a NaN check on all
+        # ranks), unreadable videos not reported yet (then gathered and logged once by rank 0).
         b = labels.shape[0]
         correct = 0.0 if multi_label else float((logits.argmax(1) == labels).sum())
         reduced = du.all_reduce_sum(torch.tensor(
-            [float(loss.detach()) * b, correct, float(b), float(preemption.received is not None)],
-            dtype=torch.float64))
+            [float(loss.detach()) * b, correct, float(b), float(preemption.received is not None),
+             float(len(new_bad))], dtype=torch.float64))
+        if reduced[4] > 0:
+            bad_videos.update(new_bad, "replaced by another training video")
         loss_avg = float(reduced[0] / reduced[2])
         if not math.isfinite(loss_avg):
             last = last_ckpt()
@@ -457,19 +466,21 @@ def train_one_epoch(cfg, model, batches, optimizer, scheduler, scaler, forward, 
     if not multi_label:
         summary["train/epoch_top1"] = 100.0 * epoch_sum["correct"] / max(epoch_sum["n"], 1.0)
     tb.scalars(summary, iteration)
-    log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d", epoch + 1, num_epochs,
-             iteration, summary["train/epoch_loss"],
-             f"  top1 {summary['train/epoch_top1']:.2f}" if not multi_label else "", skipped)
+    top1 = f"  top1 {summary['train/epoch_top1']:.2f}" if not multi_label else ""
+    log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
+             "this epoch; %d distinct unreadable video(s) so far)", epoch + 1, num_epochs, iteration,
+             summary["train/epoch_loss"], top1, skipped, bad_videos.count)
     return {"iteration": iteration, "step": step + 1, "stopped": False}
 
 
-def validate(cfg, net, loader, ds, forward, multi_label) -> dict[str, float]:
+def validate(cfg, net, loader, ds, forward, multi_label, bad_videos: BadVideoReport) -> dict[str, float]:
     """Multi-view validation over the whole split; every rank gets the same metrics."""
     progress = Progress(loader, total=len(loader), desc="val", mode=cfg.trainer.progress,
                         log_period=int(cfg.trainer.log_period))
     agg = run_evaluation(net, loader, ds.num_videos, ds.num_classes, multi_label, forward,
                          progress=lambda it: _ticking(it, progress))
     progress.close()
+    bad_videos.update(bad_videos.new(agg.failures.items()), "skipped in validation")
     _, scores, labels = agg.result()
     metrics = compute_metrics(scores, labels, multi_label)
     metrics["skipped_videos"] = float(agg.num_failed)

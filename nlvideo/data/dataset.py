@@ -17,7 +17,9 @@ worker processes cannot share counters) and a warning is logged once per path pe
 ``train`` replaces the video by another one drawn from the item's RNG, up to ``data.max_retries``
 times, then raises ``RuntimeError`` naming the paths. ``val``/``test`` never substitute another
 video's label: the item comes back with ``valid=False``, an all-zero clip and its own label, for
-the evaluator to skip and count.
+the evaluator to skip and count. The warning can be turned off per dataset
+(``ds.report_failures = False``) by a caller that reports the ``failures`` itself, as train.py and
+eval.py do (once per run over all loader workers and ranks, see :mod:`nlvideo.engine.bad_videos`).
 
 Returned item: ``clip`` float32 (3, T, H, W); ``label`` int64 scalar, or float32 multi-hot (K,) for
 multi-label data; ``video_index``/``view_index`` int64; ``valid`` bool; ``failures`` list.
@@ -92,6 +94,7 @@ class VideoDataset(Dataset):
         self.multi_label = multi_label
         self.num_videos = len(self.records)
         self.num_views = spec.num_clips * spec.num_crops
+        self.report_failures = True  # warn once per path and process (off when the caller reports)
 
     def __len__(self) -> int:
         return self.num_videos * self.num_views
@@ -155,7 +158,8 @@ class VideoDataset(Dataset):
                 break
             except DecodeError as e:
                 failures.append((e.path, e.reason))
-                _warn_once(e.path, e.reason)
+                if self.report_failures:
+                    _warn_once(e.path, e.reason)
             if self.split != "train":
                 s = self.spec
                 clip = torch.zeros(3, s.num_frames, s.crop_size, s.crop_size)

@@ -34,6 +34,7 @@ class VideoScoreAggregator:
         self.label_sum = torch.zeros(label_shape, dtype=torch.float64)
         self.label_seen = torch.zeros(num_videos, dtype=torch.float64)
         self.failed = torch.zeros(num_videos, dtype=torch.float64)
+        self.failures: dict[str, str] = {}  # path -> reason of the unreadable videos met on this rank
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, video_index: torch.Tensor,
                valid: torch.Tensor | None = None) -> None:
@@ -143,6 +144,8 @@ def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes:
         valid = batch.get("valid")
         valid = keep if valid is None else (valid.bool().cpu() & keep)
         agg.update(logits, batch["label"], batch["video_index"], valid)
+        for path, reason in batch.get("failures") or []:
+            agg.failures.setdefault(path, reason)
     agg.reduce()
     model.train(was_training)
     return agg
