@@ -8,8 +8,9 @@ runtime failure that the dataset skips and counts, see :mod:`nlvideo.data.datase
 Kinetics list (PySlowFast ``train.csv`` / ``val.csv`` form): one ``<path> <label>`` per line, the
 path relative to the data root (or absolute). Fields are separated by a tab when the line has one
 (then paths and class names may contain spaces), otherwise by whitespace (then exactly two fields).
-Blank lines and lines starting with ``#`` are ignored. The label is either an integer class index
-or a class name:
+Blank lines and lines starting with ``#`` are ignored. Files are read as UTF-8 (a byte-order mark
+and CRLF line ends are accepted); a video listed twice is an error naming both lines. The label is
+either an integer class index or a class name:
 
 * integer labels: class names come from ``classes.txt`` (one name per line, line *i* is index
   *i*) or ``classids.json`` (``{"name": index}``, the PySlowFast Kinetics file) when one is
@@ -92,6 +93,13 @@ def _resolve(root: Path, rel: str) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
+def _read_text(path: Path) -> str:
+    """UTF-8 whatever the locale, without the byte-order mark that spreadsheet tools write (it would
+    otherwise become part of the first path, class name or CSV column name). CRLF line ends are
+    handled by ``splitlines``."""
+    return path.read_text(encoding="utf-8-sig")
+
+
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise ValueError(f"{what} not found: {path} (check data.root and the split file names in the config)")
@@ -101,7 +109,7 @@ def read_class_file(path: Path) -> list[str]:
     """``classes.txt`` (one name per line) or ``classids.json`` (``{name: index}``)."""
     if path.suffix == ".json":
         try:
-            mapping = json.loads(path.read_text())
+            mapping = json.loads(_read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(
                 f"{path}:{e.lineno}: invalid JSON ({e.msg}); expected {{class_name: index}}"
@@ -118,7 +126,7 @@ def read_class_file(path: Path) -> list[str]:
             names[idx] = str(name)
         return [n for n in names if n is not None]
     names = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(_read_text(path).splitlines(), 1):
         line = raw.strip()
         if not line:
             continue
@@ -152,7 +160,7 @@ def _read_list_lines(list_file: Path) -> list[tuple[str, str, str]]:
     """(path, label, 'file:line') for each non-blank, non-comment line."""
     _require_file(list_file, "annotation list")
     out = []
-    for lineno, raw in enumerate(list_file.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(_read_text(list_file).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -181,6 +189,8 @@ def read_kinetics_list(
     """
     list_file, root = Path(list_file), Path(root)
     rows = _read_list_lines(list_file)
+    if not rows:
+        raise ValueError(f"{list_file}:1: no videos listed; expected '<path> <label>' lines")
     if class_file is not None:
         class_path: Path | None = Path(class_file)
         _require_file(class_path, "class file")
@@ -204,7 +214,13 @@ def read_kinetics_list(
         )
     index = {name: i for i, name in enumerate(class_names)}
     records = []
+    first_seen: dict[str, str] = {}
     for path, label, source in rows:
+        resolved = _resolve(root, path)
+        if resolved in first_seen:  # twice in training weighs it double, in testing it counts twice
+            raise ValueError(f"{source}: video {path!r} is listed again (first at {first_seen[resolved]}); "
+                             "list each video once")
+        first_seen[resolved] = source
         if int_labels:
             idx = int(label)
             if not 0 <= idx < len(class_names):
@@ -218,9 +234,7 @@ def read_kinetics_list(
                     f"of {class_path or train_list_file or list_file} (e.g. {class_names[:3]})"
                 )
             idx = index[label]
-        records.append(VideoRecord(path=_resolve(root, path), label=idx, source=source))
-    if not records:
-        raise ValueError(f"{list_file}:1: no videos listed; expected '<path> <label>' lines")
+        records.append(VideoRecord(path=resolved, label=idx, source=source))
     return records, class_names
 
 
@@ -288,7 +302,8 @@ def read_charades_csv(
     csv_file, video_dir = Path(csv_file), Path(video_dir)
     _require_file(csv_file, "Charades annotation CSV")
     records = []
-    with csv_file.open(newline="") as f:
+    first_seen: dict[str, str] = {}
+    with csv_file.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = {"id", "actions"} - set(reader.fieldnames or [])
         if missing:
@@ -306,6 +321,10 @@ def read_charades_csv(
             vid = row["id"].strip()
             if not vid:
                 raise ValueError(f"{source}: empty 'id'")
+            if vid in first_seen:
+                raise ValueError(f"{source}: id {vid!r} is listed again (first at {first_seen[vid]}); "
+                                 "list each video once")
+            first_seen[vid] = source
             length = None
             if row.get("length", "").strip():
                 try:
@@ -332,7 +351,7 @@ def charades_class_names(num_classes: int, class_file: str | Path | None = None)
         return names
     class_file = Path(class_file)
     _require_file(class_file, "Charades class file")
-    for lineno, raw in enumerate(class_file.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(_read_text(class_file).splitlines(), 1):
         line = raw.strip()
         if not line:
             continue
