@@ -149,3 +149,31 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_wrong_input_rank_is_a_clear_error():
     with pytest.raises(ValueError, match=r"expects a 5-D input"):
         NonLocalBlock(8)(torch.randn(2, 8, 4, 4))
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_training_mode_running_stats_and_grads_match_naive(instantiation, momentum):
+    """The efficient path's fused W_z + BN updates BN's running statistics exactly as nn.BatchNorm."""
+    # float64: train-mode BN divides by the batch std, which would amplify fp32 rounding differences
+    naive = randomise(NonLocalBlock(8, instantiation=instantiation, impl="naive")).train().double()
+    fast = NonLocalBlock(8, instantiation=instantiation, impl="efficient").train().double()
+    fast.load_state_dict(naive.state_dict())
+    for block in (naive, fast):
+        block.W[1].momentum = momentum
+    for step in range(3):
+        x = torch.randn(SHAPES[3], dtype=torch.float64) + step
+        z1, z2 = naive(x), fast(x)
+        torch.testing.assert_close(z2, z1, rtol=1e-10, atol=1e-10)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fast.W[1], name), getattr(naive.W[1], name), msg=name)
+
+
+def test_sync_batchnorm_keeps_its_own_forward():
+    """Under DDP with SyncBN the fused kernel must not bypass the cross-process statistics."""
+    block = nn.SyncBatchNorm.convert_sync_batchnorm(NonLocalBlock(8))
+    assert isinstance(block.W[1], nn.SyncBatchNorm)
+    from nlvideo.models.nonlocal_block import _LeanBNResidual
+
+    assert not _LeanBNResidual.supports(block.W[1])
+    assert _LeanBNResidual.supports(NonLocalBlock(8).W[1])

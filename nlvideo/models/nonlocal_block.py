@@ -19,11 +19,16 @@ Two computation paths give the same result (tested to 1e-5 in fp32):
 
 - ``naive``: build the (N x M) affinity explicitly, as the seed, PySlowFast, MMAction2 and
   PyTorchVideo do. Its memory is O(B N M) for the map plus softmax saved for backward.
-- ``efficient``: the softmax forms go through ``F.scaled_dot_product_attention`` on 4-D
-  ``(B, 1, N, d)`` tensors (3-D inputs fall back to a slow kernel on CPU), which never stores the
-  map; the 1/N dot product is computed as theta (phi^T g) when that association is cheaper; the
-  concatenation form splits w_f^T [theta_i; phi_j] = a_i + b_j and never builds the
-  (B, 2C', N, M) concatenated tensor.
+- ``efficient``: the 1/N dot product is computed as theta (phi^T g) when that association is
+  cheaper; the concatenation form splits w_f^T [theta_i; phi_j] = a_i + b_j and never builds the
+  (B, 2C', N, M) concatenated tensor. The softmax forms depend on the device:
+  on CUDA (and under autocast) ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors
+  (flash / memory-efficient kernels); on CPU in fp32, where SDPA's training path materialises the
+  map like the naive one, a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
+  query chunks, scores recomputed in backward) with channel-major GEMM projections, a max-pool
+  that saves only int32 indices and a fused W_z + BN + residual (``_LeanBNResidual``), which
+  together save about half the activations of the naive path for backward at the same speed
+  (``scripts/bench_nonlocal.py``).
 
 ``impl="auto"`` uses the efficient path except when the attention map is requested.
 """
@@ -265,7 +270,9 @@ class NonLocalBlock(nn.Module):
                 f"(B, C, ...), got shape {tuple(x.shape)}"
             )
         use_map = return_nl_map or self.impl == "naive"
-        if not use_map and not torch.is_autocast_enabled(x.device.type):
+        if not use_map and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            # CPU fp32: the chunked, recomputing kernels below (half the saved activations). On GPU and
+            # under autocast, F.scaled_dot_product_attention (flash/memory-efficient kernels on CUDA).
             return self._forward_efficient(x)
         theta, phi, g = self._embeddings(x)
         nl_map = None
@@ -365,7 +372,10 @@ class _LeanBNResidual(torch.autograd.Function):
 
     @staticmethod
     def supports(bn: nn.Module) -> bool:
-        return bn.affine and (bn.track_running_stats or bn.training)
+        # Exactly the plain BN classes: a SyncBatchNorm (trainer.sync_bn under DDP) must keep its own
+        # forward, which all-reduces the statistics across processes.
+        plain = type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+        return plain and bn.affine and (bn.track_running_stats or bn.training)
 
     @staticmethod
     def forward(ctx, y, w, bias, gamma, beta, x2, bn):  # noqa: ANN001, ANN205
