@@ -169,7 +169,25 @@ def child(cfg: Config, impl: str, device: str, repeat: int, warmup: int, threads
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    q.put({"ms": [t * 1e3 for t in times], "peak": peak})
+    q.put({"ms": [t * 1e3 for t in times], "peak": peak, "saved": saved_bytes(block, x)})
+
+
+def saved_bytes(block, x) -> int:  # noqa: ANN001
+    """Bytes autograd keeps for backward after one forward (unique storages): the activation memory a
+    block adds to a network's training step, independent of allocator behaviour."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        z = block(x)
+    del z
+    storages.pop(x.untyped_storage().data_ptr(), None)  # the input belongs to the previous layer
+    return sum(storages.values())
 
 
 def run_one(cfg: Config, impl: str, args: argparse.Namespace, dump: str) -> dict | None:
@@ -232,9 +250,9 @@ def main() -> None:
     print(f"# torch {torch.__version__}, device {args.device}, threads {threads}, median of {args.repeat} "
           f"steps after {args.warmup} warm-up (bf16 on CPU: {max(1, args.repeat // 3)})\n")
     header = ("| config | naive ms | ours ms | speedup | naive peak MiB | ours peak MiB | memory ratio "
-              "| max\\|diff\\| | max\\|dx diff\\| |")
+              "| naive saved MiB | ours saved MiB | saved ratio | max\\|diff\\| | max\\|dx diff\\| |")
     print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in configs:
             res = {}
@@ -244,10 +262,11 @@ def main() -> None:
                     continue
                 res[impl] = run_one(cfg, impl, args, os.path.join(tmp, f"{impl}.pt"))
             nv, ours = res["naive"], res["efficient"]
-            speed = mem = diff = ddiff = "—"
+            speed = mem = diff = ddiff = saved = "—"
             if nv and ours:
                 speed = f"{statistics.median(nv['ms']) / statistics.median(ours['ms']):.2f}x"
                 mem = f"{ours['peak'] / nv['peak']:.2f}"
+                saved = f"{ours['saved'] / nv['saved']:.2f}"
                 d = compare(os.path.join(tmp, "naive.pt"), os.path.join(tmp, "efficient.pt"))
                 diff = f"{d['z']:.1e} ({d['z_rel']:.0e} rel)"
                 ddiff = f"{d['dx']:.1e} ({d['dx_rel']:.0e} rel)"
@@ -256,8 +275,10 @@ def main() -> None:
                 note = f" (naive skipped: {cfg.naive_map_bytes() / 1024**3:.0f} GiB map)"
             npk = "—" if nv is None else f"{nv['peak'] / MIB:.0f}"
             opk = "—" if ours is None else f"{ours['peak'] / MIB:.0f}"
+            nsv = "—" if nv is None else f"{nv['saved'] / MIB:.0f}"
+            osv = "—" if ours is None else f"{ours['saved'] / MIB:.0f}"
             print(f"| {cfg.label}{note} | {fmt_ms(nv)} | {fmt_ms(ours)} | {speed} | {npk} | {opk} | {mem} "
-                  f"| {diff} | {ddiff} |", flush=True)
+                  f"| {nsv} | {osv} | {saved} | {diff} | {ddiff} |", flush=True)
             for impl in ("naive", "efficient"):
                 if res[impl] is not None:
                     spread = ", ".join(f"{t:.0f}" for t in res[impl]["ms"])

@@ -25,6 +25,7 @@ def test_tiny_config_runs_both_paths_and_they_agree(tmp_path, monkeypatch, sub_s
         bench.child(cfg, impl, "cpu", 2, 1, 0, str(tmp_path / f"{impl}.pt"), q)
         results[impl] = q.get_nowait()
         assert len(results[impl]["ms"]) == 2 and "peak" in results[impl]  # RSS peak: fresh process only
+        assert results[impl]["saved"] > 0
     d = bench.compare(str(tmp_path / "naive.pt"), str(tmp_path / "efficient.pt"))
     assert d["z"] <= 1e-5 and d["dx_rel"] <= 1e-5, d
     assert cfg.naive_map_bytes() == 2 * 72 * (18 if sub_sample else 72) * 4  # B N M fp32
