@@ -35,6 +35,7 @@ from train import (
     _ticking,
     build_model,
     build_split,
+    exit_on_bad_group_choice,
     make_forward,
     nonzero_rank_argv,
     run_dir_of_this_job,
@@ -122,4 +123,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = nonzero_rank_argv(sys.argv)
+    exit_on_bad_group_choice(sys.argv[1:])
     main()

@@ -164,6 +164,17 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def exit_on_bad_group_choice(argv: list[str]) -> None:
+    """``model=xyz``: one line naming the allowed choices, exit status 2 (before Hydra starts)."""
+    from nlvideo.engine.config import check_group_choices
+
+    try:
+        check_group_choices(argv, Path(__file__).resolve().parent / "configs")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def nonzero_rank_argv(argv: list[str]) -> list[str]:
     """Ranks > 0 of a torchrun/SLURM job must not create Hydra output dirs or log files of their own:
     rank 0's directory is broadcast to them once the process group is up."""
@@ -509,4 +520,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = nonzero_rank_argv(sys.argv)
+    exit_on_bad_group_choice(sys.argv[1:])
     main()

@@ -15,11 +15,12 @@ def composed(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_defaults_and_paper_recipes_are_valid():
+def test_defaults_and_paper_recipes_are_valid(tmp_path):
     validate_config(composed())
     validate_config(composed("model=i3d_nl5", "clip=32x2", "optim=paper_kinetics",
                              "trainer.max_iters=400000"))
-    validate_config(composed("data=charades", "data.root=/x", "optim=paper_charades", "trainer.amp=bf16"))
+    validate_config(composed("data=charades", f"data.root={tmp_path}", "optim=paper_charades",
+                             "trainer.amp=bf16"))
 
 
 @pytest.mark.parametrize(

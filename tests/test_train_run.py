@@ -147,9 +147,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(synthetic_ro
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model=xyz"], "Could not find 'model/xyz'"),
+        (["model=xyz"], "error: model=xyz is not allowed; choose one of: c2d, c2d_nl1,"),
         (["data=kinetics400", "data.root=???"], "error: data.root is required for data=kinetics400"),
-        (["data=kinetics400"], "error: annotation list not found"),
+        (["data=kinetics400"], "is not a directory: pass data.root=/path/to/kinetics400"),
     ],
 )
 def test_bad_overrides_fail_fast_with_one_clear_line(overrides, message, tmp_path):

@@ -7,6 +7,8 @@ are delegated to :func:`nlvideo.models.make_spec`.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +44,27 @@ def _need(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_GROUP_OVERRIDE = re.compile(r"^[+]{0,2}(?P<group>[A-Za-z_][\w/]*)(?:@[\w.]+)?=(?P<value>.*)$")
+
+
+def check_group_choices(argv: list[str], config_dir: str | Path) -> None:
+    """Config-group choices on the command line (``model=xyz``, ``clip=16x4``) must name a yaml of
+    the group: raise one line listing the allowed ones (Hydra's own error spans a dozen lines).
+    Sweeps (``model=c2d,c2d_nl5``) are checked element by element; sweep functions are left to Hydra."""
+    config_dir = Path(config_dir)
+    for arg in argv:
+        m = _GROUP_OVERRIDE.match(arg)
+        if m is None or m["group"].startswith("hydra") or not (config_dir / m["group"]).is_dir():
+            continue
+        group, value = m["group"], m["value"]
+        if "(" in value or value in ("null", ""):
+            continue
+        allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        for choice in (c.strip() for c in value.split(",")):
+            if choice not in allowed:
+                raise ConfigError(f"{group}={choice} is not allowed; choose one of: {', '.join(allowed)}")
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,6 +79,10 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
         raise ConfigError(f"data.root is required for data={name}: pass data.root=/path/to/{name}")
     if missing:
         raise ConfigError(f"{missing[0]} is required (it has no default): pass {missing[0]}=...")
+    if cfg.data.get("generate") is None and not Path(str(cfg.data.root)).expanduser().is_dir():
+        name = cfg.data.get("name", "?")
+        raise ConfigError(f"data.root={cfg.data.root} is not a directory: pass data.root=/path/to/{name} "
+                          "(the folder holding its videos and annotation lists)")
 
     o, t = cfg.optim, cfg.trainer
     if needs_train:

@@ -1,0 +1,80 @@
+"""Bad configs fail in one line that names the key and the allowed values, with exit status 2 and no
+traceback, before any data is read: data.root points at a synthetic dataset that does not exist yet,
+which reading data would generate (so the folder still being absent proves nothing was read).
+(Other keys -- optim.schedule, trainer.amp, keep_last ... -- are in tests/test_train_config.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nlvideo.engine.config import ConfigError, check_group_choices, validate_config
+from tests.test_train_config import CONFIGS, composed
+from tests.test_train_run import run_app
+
+CASES = [
+    (["model=xyz"],
+     "model=xyz is not allowed; choose one of: c2d, c2d_nl1, c2d_nl10, c2d_nl5, i3d, i3d_nl1, i3d_nl10, "
+     "i3d_nl5, i3d_r101, i3d_r101_nl5"),
+    (["clip=16x4"], "clip=16x4 is not allowed; choose one of: 32x2, 8x8"),
+    (["model.nonlocal.instantiation=gausian"],
+     "model.nonlocal.instantiation='gausian' is not allowed; choose one of: gaussian, embedded_gaussian, "
+     "dot_product, concatenation"),
+    (["model.arch=x3d"], "model.arch='x3d' is not allowed; choose one of: c2d, i3d"),
+    (["+model.nonlocal.positions.res6=[0]"],
+     "model.nonlocal.positions key='res6' is not allowed; choose one of: res2, res3, res4, res5"),
+    (["model=c2d_nl5", "model.nonlocal.positions.res4=[1,6]"],
+     "model.nonlocal.positions.res4=[1, 6]: block indices must be distinct and in 0..5 (res4 has 6 blocks)"),
+    (["data.num_frames=7"],
+     "data.num_frames=7 does not fit model.input_variant=8x8: it must be a positive multiple of its "
+     "temporal stride 2"),
+    (["model=i3d_nl5", "clip=32x2", "data.num_frames=12"],
+     "data.num_frames=12 does not fit model.input_variant=32x2: it must be a positive multiple of its "
+     "temporal stride 8"),
+    (["data=kinetics400", "data.root={absent}"],
+     "data.root={absent} is not a directory: pass data.root=/path/to/kinetics400 (the folder holding its "
+     "videos and annotation lists)"),
+    (["data=kinetics400", "data.root=???"],
+     "data.root is required for data=kinetics400: pass data.root=/path/to/kinetics400"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), CASES, ids=[c[0][-1] for c in CASES])
+def test_bad_config_is_rejected_naming_key_and_allowed_values(overrides, message, tmp_path):
+    """In-process, the two checks the apps run first: group choices on the command line, then
+    ``validate_config`` on the composed config."""
+    absent = tmp_path / "absent"
+    over = [f"data.root={absent}", *(o.format(absent=absent) for o in overrides)]
+    with pytest.raises(ConfigError) as err:
+        check_group_choices(over, CONFIGS)
+        validate_config(composed(*over))
+    assert str(err.value) == message.format(absent=absent)
+    assert "\n" not in str(err.value) and not absent.exists()
+
+
+@pytest.mark.parametrize("case", [0, 5, 8], ids=["group choice", "NL block index", "data.root"])
+def test_train_py_prints_one_line_before_any_data_is_read(case, tmp_path):
+    overrides, message = CASES[case]
+    absent = tmp_path / "absent"
+    over = [o.format(absent=absent) for o in overrides]
+    r = run_app("train.py", f"data.root={absent}", *over, "model.width=8", f"hydra.run.dir={tmp_path}/run",
+                timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert lines == ["error: " + message.format(absent=absent)], r.stderr[-2000:]
+    assert not absent.exists()  # the synthetic dataset was not generated: no data was touched
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_group_choice_in_a_sweep_and_in_eval(tmp_path):
+    r = run_app("train.py", "-m", "model=c2d,c2d_nl55", f"hydra.sweep.dir={tmp_path}/sweep", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: model=c2d_nl55 is not allowed; choose one of: c2d, c2d_nl1, c2d_nl10, c2d_nl5, i3d, "
+        "i3d_nl1, i3d_nl10, i3d_nl5, i3d_r101, i3d_r101_nl5"]
+    assert not (tmp_path / "sweep").exists()
+    r = run_app("eval.py", "checkpoint=/nowhere.pt", "data=kinetics", f"hydra.run.dir={tmp_path}/e",
+                timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: data=kinetics is not allowed; choose one of: charades, kinetics400, synthetic, "
+        "synthetic_charades"]
