@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -304,8 +305,15 @@ def train(cfg: DictConfig) -> int:
             "multi_label": multi_label, "model_name": cfg.model.name,
         }
         path = None
+        fault = None
+        kill_at = t.debug.get("kill_during_checkpoint")
+        if kill_at is not None and int(kill_at) == iteration:
+            def fault():  # fault injection: die half-way through writing this checkpoint
+                log.warning("trainer.debug.kill_during_checkpoint=%d: SIGKILL while writing", iteration)
+                os.kill(os.getpid(), signal.SIGKILL)
         if info.is_main:
-            path = ckpt_io.save_checkpoint(state, ckpt_dir, iteration, keep_last=int(t.checkpoint.keep_last))
+            path = ckpt_io.save_checkpoint(state, ckpt_dir, iteration, keep_last=int(t.checkpoint.keep_last),
+                                           _while_writing=fault)
             log.info("saved %s", path)
         return path
 

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,11 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, iteration: int,
-                    keep_last: int | None = None) -> Path:
-    """Atomically write ``state`` as ``checkpoint_<iteration>.pt``; then prune to the last ``keep_last``."""
+                    keep_last: int | None = None, _while_writing: Callable[[], None] | None = None) -> Path:
+    """Atomically write ``state`` as ``checkpoint_<iteration>.pt``; then prune to the last ``keep_last``.
+
+    ``_while_writing`` (fault injection, ``trainer.debug.kill_during_checkpoint``) is called after
+    ``torch.save`` returned and before the file is flushed, synced and renamed."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(d, iteration)
@@ -52,6 +56,8 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, iterati
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            if _while_writing is not None:
+                _while_writing()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -1,0 +1,126 @@
+"""Kill and resume, as a week-long job meets it: SIGKILL at random iterations, SIGKILL half-way through
+writing a checkpoint, SIGTERM (preemption), a corrupt newest checkpoint -- and the job, rerun with the
+same command each time, ends with weights bit-identical to an uninterrupted run (CPU, deterministic),
+every iteration it redid giving the same loss as the first time.
+
+The kill points are drawn at random; the seed is printed in every failure message and can be fixed
+with ``NLVIDEO_FAULT_SEED=<n>``. (tests/test_train_run.py has the single mid-epoch SIGKILL and the
+SIGTERM exit status.)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlvideo.engine import checkpoint as ck
+from tests.test_train_run import REFERENCE, REPO, app_env, run_app, tiny_overrides
+
+LOSS = re.compile(r"\] +it (\d+) +loss ([0-9.e+-]+)")
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
+    run_dir = tmp_path_factory.mktemp("resume") / "reference"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir, r.stdout
+
+
+def run_cycle(args: list[str], at_iteration: int | None = None, sig: int = signal.SIGKILL
+              ) -> tuple[int, str]:
+    """Run train.py; once iteration ``at_iteration`` is logged, send ``sig``. (returncode, output)"""
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=app_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        m = LOSS.search(line)
+        if at_iteration is not None and m and int(m.group(1)) == at_iteration:
+            proc.send_signal(sig)
+            at_iteration = None
+            if sig == signal.SIGKILL:
+                break
+    proc.stdout.close()
+    return proc.wait(timeout=120), "".join(out)
+
+
+def names(ckpt_dir: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in ck.list_checkpoints(ckpt_dir)]
+
+
+@pytest.mark.slow
+def test_random_kills_checkpoint_write_crash_sigterm_and_corrupt_checkpoint_resume_bit_exact(
+        reference, synthetic_root, tmp_path):
+    seed = int(os.environ.get("NLVIDEO_FAULT_SEED", random.SystemRandom().randrange(1_000_000)))
+    rng = random.Random(seed)
+    why = f"NLVIDEO_FAULT_SEED={seed}"
+    ref_dir, ref_out = reference
+    ref_loss = dict(LOSS.findall(ref_out))
+    assert sorted(map(int, ref_loss)) == list(range(1, 9))
+    run_dir = tmp_path / "run"
+    ckpt_dir = run_dir / "checkpoints"
+    base = [*tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}"]
+    outputs = []
+
+    # 1. SIGKILL at a random iteration of epoch 1, after checkpoint 2 exists.
+    k1 = rng.randint(3, 5)
+    code, out = run_cycle(base, k1)
+    outputs.append(out)
+    assert code == -signal.SIGKILL, (why, out[-2000:])
+    assert 2 in names(ckpt_dir), (why, out[-2000:])
+
+    # 2. Resume, then SIGKILL half-way through writing the next checkpoint(s) at 4 or 6.
+    newest = names(ckpt_dir)[-1]
+    k_ckpt = rng.choice([c for c in (4, 6) if c > newest])
+    code, out = run_cycle([*base, f"trainer.debug.kill_during_checkpoint={k_ckpt}"])
+    outputs.append(out)
+    assert code == -signal.SIGKILL, (why, out[-2000:])
+    assert f"resumed from {ckpt_dir / f'checkpoint_{newest:09d}.pt'}" in out, (why, out[-2000:])
+    assert names(ckpt_dir) == [c for c in (2, 4, 6) if c < k_ckpt], why
+    assert list(ckpt_dir.glob(f".checkpoint_{k_ckpt:09d}.pt.*.tmp")), "the killed writer left its temp file"
+
+    # 3. Resume (the partial file is ignored), SIGTERM at a random later iteration: checkpoint, exit 0.
+    k3 = rng.randint(k_ckpt + 1, 6)
+    code, out = run_cycle(base, k3, signal.SIGTERM)
+    outputs.append(out)
+    assert code == 0 and "stopped by signal" in out, (why, out[-2000:])
+    assert f"resumed from {ckpt_dir / f'checkpoint_{k_ckpt - 2:09d}.pt'}" in out, (why, out[-2000:])
+    assert not list(ckpt_dir.glob("*.tmp")), "the next save removes a killed writer's temp file"
+    stopped = names(ckpt_dir)[-1]
+    assert stopped > k3 >= k_ckpt + 1 and k_ckpt in names(ckpt_dir), (why, names(ckpt_dir))
+
+    # 4. The newest checkpoint gets corrupted (half of it, as an interrupted copy leaves it): the
+    #    previous one is used, and the run finishes.
+    newest_path = ck.checkpoint_path(ckpt_dir, stopped)
+    data = newest_path.read_bytes()
+    newest_path.write_bytes(data[: len(data) // 2])
+    previous = names(ckpt_dir)[-2]
+    code, out = run_cycle(base)
+    outputs.append(out)
+    assert code == 0, (why, out[-3000:])
+    assert f"checkpoint {newest_path} is unreadable" in out, (why, out[-2000:])
+    assert f"resumed from {ckpt_dir / f'checkpoint_{previous:09d}.pt'}" in out, (why, out[-2000:])
+    assert "training finished: 8 iterations" in out, why
+
+    want = torch.load(ref_dir / "checkpoints" / "checkpoint_000000008.pt", map_location="cpu",
+                      weights_only=False)
+    got = torch.load(ckpt_dir / "checkpoint_000000008.pt", map_location="cpu", weights_only=False)
+    diff = [k for k in want["model"] if not torch.equal(want["model"][k], got["model"][k])]
+    assert not diff, (why, f"model tensors differ: {diff[:5]}")
+    for a, b in zip(want["optimizer"]["state"].values(), got["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"]), why
+    assert got["scheduler"] == want["scheduler"], why
+    # Every iteration run in any cycle (some twice, after a kill) logged the reference's loss.
+    logged = [(int(i), v) for out in outputs for i, v in LOSS.findall(out)]
+    assert {i for i, _ in logged} == set(range(1, 9)), why
+    wrong = [(i, v, ref_loss[str(i)]) for i, v in logged if v != ref_loss[str(i)]]
+    assert not wrong, (why, wrong)
