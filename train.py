@@ -253,8 +253,15 @@ def train(cfg: DictConfig) -> int:
     if resume_path:
         state = ckpt_io.load_checkpoint(resume_path, map_location="cpu")
         net.load_state_dict(state["model"])
+        configured = list(scheduler.base_lrs)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scheduler.base_lrs != configured:  # e.g. rerun with a lower optim.lr after a NaN stop
+            log.warning("optim.lr differs from the checkpoint's: continuing with the configured rate")
+            scheduler.base_lrs = configured
+            for group, base, fn in zip(optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
+                group["initial_lr"] = base
+                group["lr"] = base * fn(scheduler.last_epoch)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, iteration = state["epoch"], state["iter_in_epoch"], state["iteration"]
