@@ -57,9 +57,21 @@ def init_distributed(timeout_min: float = 30.0) -> DistInfo:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(
-        backend=backend, init_method="env://", timeout=datetime.timedelta(minutes=timeout_min)
-    )
+    timeout = datetime.timedelta(minutes=timeout_min)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        return info()
+    # Under torchrun, the workers of every restart attempt share the agent's store. Without a prefix of
+    # their own, restarted gloo workers read the previous attempt's (dead) peer addresses and fail with
+    # "connectFullMesh ... Connection refused", so --max-restarts could never recover a job.
+    rank = int(os.environ["RANK"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_store and rank == 0, timeout=timeout,
+                          multi_tenant=not agent_store)
+    store = dist.PrefixStore(f"nlvideo/attempt_{restart}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return info()
 
 
