@@ -39,6 +39,7 @@ from train import (
     make_forward,
     nonzero_rank_argv,
     run_dir_of_this_job,
+    run_job,
     setup_runtime,
     task_overrides,
 )
@@ -54,6 +55,8 @@ def evaluation_config(cfg: DictConfig, state: dict) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig) -> int:
+    if cfg.checkpoint is None:
+        raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt")
     info = du.init_distributed()
     setup_rank_logging(info.rank)
     path = Path(str(cfg.checkpoint))
@@ -108,17 +111,7 @@ def _video_id(ds, index: int) -> str:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        if cfg.checkpoint is None:
-            raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt")
-        status = evaluate(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        status = 2
-    finally:
-        du.cleanup()
-    if status:
-        sys.exit(status)
+    run_job(evaluate, cfg)
 
 
 if __name__ == "__main__":

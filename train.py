@@ -193,6 +193,7 @@ def nonzero_rank_argv(argv: list[str]) -> list[str]:
 
 def train(cfg: DictConfig) -> int:
     """Run (or resume) one training job; returns the process exit status."""
+    validate_config(cfg)  # every key checked before any data is read or process group formed
     info = du.init_distributed()
     setup_rank_logging(info.rank)
     run_dir = run_dir_of_this_job()
@@ -519,11 +520,11 @@ def _ticking(iterable, progress: Progress):
         progress.update()
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run_job(job, cfg: DictConfig) -> None:
+    """Run ``job(cfg)`` (train or evaluate) as a command: a ConfigError is one ``error:`` line and exit
+    status 2, a non-zero status from the job exits with it; the process group is always torn down."""
     try:
-        validate_config(cfg)
-        status = train(cfg)
+        status = job(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
@@ -531,6 +532,11 @@ def main(cfg: DictConfig) -> None:
         du.cleanup()
     if status:
         sys.exit(status)
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(train, cfg)
 
 
 if __name__ == "__main__":
