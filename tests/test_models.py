@@ -60,8 +60,7 @@ def test_instantiation_and_placement_are_config_keys():
         "model.width=4",
         "model.num_classes=3",
         "model.nonlocal.instantiation=dot_product",
-        "+model.nonlocal.positions.res2=[1]",
-        "+model.nonlocal.positions.res5=[0,2]",
+        "model.nonlocal.positions=[res2.1,res5.0,res5.2]",
     )
     model = instantiate(cfg.model)
     assert nl_positions(model) == {"res2": [1], "res5": [0, 2]}
@@ -151,6 +150,8 @@ def test_attention_maps_are_returned_per_block():
         ({"nonlocal": {"instantiation": "cosine"}}, r"model.nonlocal.instantiation='cosine'"),
         ({"input_variant": "16x4"}, r"model.input_variant='16x4'"),
         ({"colour": 1}, r"unknown model key\(s\) \['colour'\]"),
+        ({"nonlocal": {"positions": ["res4"]}}, r"entry 'res4': expected '<stage>.<block index>'"),
+        ({"nonlocal": {"positions": ["res4.6"]}}, r"model.nonlocal.positions.res4=\[6\]"),
         ({"inflate": [[1], [1], [1], [1]]}, r"model.inflate has \[1, 1, 1, 1\] entries"),
     ],
 )

@@ -21,9 +21,9 @@ CASES = [
      "model.nonlocal.instantiation='gausian' is not allowed; choose one of: gaussian, embedded_gaussian, "
      "dot_product, concatenation"),
     (["model.arch=x3d"], "model.arch='x3d' is not allowed; choose one of: c2d, i3d"),
-    (["+model.nonlocal.positions.res6=[0]"],
+    (["model.nonlocal.positions=[res6.0]"],
      "model.nonlocal.positions key='res6' is not allowed; choose one of: res2, res3, res4, res5"),
-    (["model=c2d_nl5", "model.nonlocal.positions.res4=[1,6]"],
+    (["model=c2d_nl5", "model.nonlocal.positions=[res4.1,res4.6]"],
      "model.nonlocal.positions.res4=[1, 6]: block indices must be distinct and in 0..5 (res4 has 6 blocks)"),
     (["data.num_frames=7"],
      "data.num_frames=7 does not fit model.input_variant=8x8: it must be a positive multiple of its "

@@ -7,7 +7,7 @@ override fails in one line naming ``model.<key>`` and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -104,9 +104,25 @@ def _choice(key: str, value: Any, allowed: tuple) -> Any:
     return value
 
 
-def _positions(raw: Mapping | None, depths: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def _as_stage_dict(raw: Mapping | Sequence | None) -> dict[str, list]:
+    """Positions as the configs write them, ``[res3.1, res4.4]`` (a list, which a command-line override
+    replaces whole), or as ``{res3: [1], res4: [4]}``; returns the dict form."""
+    if raw is None or isinstance(raw, Mapping):
+        return dict(raw or {})
+    stages: dict[str, list] = {}
+    for entry in raw:
+        stage, _, index = str(entry).partition(".")
+        if not index.isdigit():
+            raise ConfigError(
+                f"model.nonlocal.positions entry {entry!r}: expected '<stage>.<block index>', e.g. res4.4"
+            )
+        stages.setdefault(stage, []).append(int(index))
+    return stages
+
+
+def _positions(raw: Mapping | Sequence | None, depths: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     positions: dict[str, tuple[int, ...]] = {}
-    for stage, idxs in dict(raw or {}).items():
+    for stage, idxs in _as_stage_dict(raw).items():
         _choice("nonlocal.positions key", stage, STAGE_NAMES)
         depth = depths[STAGE_NAMES.index(stage)]
         idxs = tuple(int(i) for i in (idxs or ()))
