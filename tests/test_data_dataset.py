@@ -145,10 +145,10 @@ def test_missing_root_and_errors_at_construction(tmp_path):
 
 def test_synthetic_kinetics_form(synthetic_cfg):
     train = build_dataset(synthetic_cfg, "train")
-    assert (train.num_classes, train.num_videos, train.multi_label) == (8, 16, False)
-    assert train.class_names[0] == "samecolour_sameplace_parallel"
+    assert (train.num_classes, train.num_videos, train.multi_label) == (4, 16, False)
+    assert train.class_names[0] == "samecolour_samepair"
     item = train[(5, 1)]
-    assert item["clip"].shape == (3, 8, 64, 64) and item["label"].item() == 5
+    assert item["clip"].shape == (3, 8, 64, 64) and item["label"].item() == 1  # video i has class i % 4
     test = build_dataset(synthetic_cfg, "test")
     assert (test.num_videos, test.num_views, len(test)) == (8, 2, 16)
 
@@ -160,28 +160,28 @@ def test_synthetic_charades_form_clip_labels(synthetic_cfg):
     cfg.root, cfg.generate = synthetic_cfg.root, synthetic_cfg.generate
     cfg.pop("defaults", None)
     train = build_dataset(cfg, "train")
-    assert train.multi_label and train.num_classes == 7 and train.class_names[0] == "c000 cue shown"
-    rec = train.records[0]  # class 0: samecolour, sameplace, parallel
-    assert rec.video_labels == [0, 1, 3, 5]
+    assert train.multi_label and train.num_classes == 5 and train.class_names[0] == "c000 cue shown"
+    rec = train.records[0]  # class 0: samecolour, samepair
+    assert rec.video_labels == [0, 1, 3]
     item = train[(0, 3)]
-    assert item["label"].dtype == torch.float32 and item["label"].tolist() == [1, 1, 0, 1, 0, 1, 0]
-    # a short clip inside the cue period (frames 0..15 at 24 fps) only overlaps c000 and c005
+    assert item["label"].dtype == torch.float32 and item["label"].tolist() == [1, 1, 0, 1, 0]
+    # a short clip only overlaps the cue (frames 0..27) and/or the probe (44..71); c003 always
     cfg.num_frames, cfg.sampling_rate = 4, 4
     short = build_dataset(cfg, "train")
     starts = [random.Random(s).randint(0, 72 - 13) for s in range(5)]
     expect = []
     for st in starts:
         t0, t1 = st / 24, (st + 13) / 24
-        labels = [0] * 7
-        labels[5] = 1
+        labels = [0] * 5
+        labels[3] = 1
         if t0 < 28 / 24:
             labels[0] = 1
         if t1 > 44 / 24:
-            labels[1] = labels[3] = 1
+            labels[1] = 1
         expect.append(labels)
     assert [short[(0, s)]["label"].tolist() for s in range(5)] == expect
     val = build_dataset(cfg, "val")
-    assert val[0]["label"].tolist() == [1, 1, 0, 1, 0, 1, 0]  # video-level labels
+    assert val[0]["label"].tolist() == [1, 1, 0, 1, 0]  # video-level labels
 
 
 def test_pyav_baseline_decodes_the_same_frames(tmp_path, make_video):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_DATA = dict(train_per_class=2, val_per_class=1)  # = conftest.SMALL_SYNTHETIC, the shared copy
+TINY_DATA = dict(train_per_class=4, val_per_class=2)  # = conftest.SMALL_SYNTHETIC, the shared copy
 
 
 def tiny_overrides(root: Path) -> list[str]:

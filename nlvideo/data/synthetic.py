@@ -7,46 +7,52 @@ What a video shows (default 72 frames of 80x80 at 24 fps, ~3 s)
 ----------------------------------------------------------------
 * A static, smooth random background texture, per-frame pixel noise, and 3 small dim distractor
   squares drifting anywhere in the frame.
-* **Cue**: a saturated disc (one of 6 colours: red, green, blue, yellow, magenta, cyan) in one of
-  the four quadrants, visible in frames [0, 28) only.
-* **Probe**: a second disc visible in frames [44, 72) only (nothing in between).
-* **Movers**: two light squares, one in a band along the top and one along the bottom, sliding
-  horizontally (wrapping around inside their band) for the whole video.
+* **Cue**: a saturated disc (one of 6 colours: red, green, blue, yellow, magenta, cyan) in a random
+  quadrant, visible in frames [0, 28) only.
+* **Probe**: a second disc in a random quadrant, visible in frames [44, 72) only (nothing in
+  between).
+* **Movers**: two saturated squares, one in a band along the top and one along the bottom, ~50 px
+  apart, sliding horizontally in random directions (wrapping around inside their band) for the
+  whole video.
 
-The 8 classes are the combinations of three binary relations (class index = 4 colour + 2 place +
-movers, names ``<colour>_<place>_<movers>``):
+The 4 classes are the combinations of two binary relations (class index = 2 colour + pair, names
+``<colour>_<pair>``):
 
 ==========  ================  ==========================================================
 factor      values            what decides it
 ==========  ================  ==========================================================
-colour      samecolour /      the probe has the cue's colour, or one of the 5 others
-            newcolour
-place       sameplace /       the probe is in the cue's quadrant, or in the diagonally
-            farplace          opposite one (~40 px away in an 80 px frame)
-movers      parallel /        the two movers go the same way, or opposite ways
-            opposite
+colour      samecolour /      the probe has the cue's colour, or one of the 5 others:
+            newcolour         a relation between two events >16 frames apart
+pair        samepair /        the two movers have the same colour, or different ones:
+            diffpair          a relation between two objects ~50 px apart
 ==========  ================  ==========================================================
 
-Why these need long-range space-time relations: every single frame has the same distribution in
-all classes (one disc of a uniformly random colour in a uniformly random quadrant; movers at
-uniform, independent positions since they wrap), so per-frame appearance carries no label
-information. Colour and place compare the cue (early frames) with the probe (late frames) -- two
-events >16 frames apart that never co-occur, at the same or at distant positions; movers compare two
-objects ~50 px apart across frames (parallel: their horizontal offset is constant over time;
-opposite: it changes). A model that averages per-frame features (C2D without non-local blocks)
-cannot represent any of the three (e.g. "same colour" gives pooled colour features 2e_c versus
-e_c + e_c', which no linear read-out separates for all colour pairs); a non-local block can relate
-the two discs or the two movers directly. All three relations are invariant to horizontal flips,
-and all key objects stay inside the central region [10, 70] px that every training crop keeps
-(short side jittered to [64, 72], 64 px crop). With 8x8 or 32x2 sampling a training clip spans
-57 or 63 of the 72 frames, so it always contains at least 2 cue and 2 probe frames.
+Why these need long-range relations, and why a non-local block can learn them: every single frame
+has the same distribution in all classes (discs and movers of uniformly random colours at random
+places), so per-frame appearance carries no label information. A C2D network averages per-frame
+features and reads them out linearly: "same colour" gives pooled colour features 2 e_c versus
+e_c + e_c', which no linear read-out separates for all colour pairs, so a C2D baseline cannot do
+better than chance. A non-local block compares every position with every other across the whole
+clip (theta_i^T phi_j is a learned similarity of appearance), so "these two discs / squares have the
+same colour" is exactly what one block can compute. Both relations are about appearance, not
+position or motion, which the non-local operation (it has no positional encoding) could not see.
+
+(Version 1 of this dataset also had "probe at the cue's place" and "movers go the same way": no
+model, with or without non-local blocks, learned those within the CPU budget of the
+``nl_vs_baseline`` experiment, and a non-local block without positional encoding cannot express
+them; they were replaced by the appearance relation "pair".)
+
+All relations are invariant to horizontal flips, and all key objects stay inside the central region
+[10, 70] px that every training crop keeps (short side jittered to [64, 72], 64 px crop). With 8x8 or
+32x2 sampling a training clip spans 57 or 63 of the 72 frames, so it always contains at least 2 cue
+and 2 probe frames.
 
 Files under the root: ``videos/<id>.mp4``; Kinetics form ``train.csv``/``val.csv`` (``videos/<id>.mp4
 <label>``) with ``classes.txt``; Charades form ``charades_train.csv``/``charades_val.csv`` (``id``,
 ``script`` (quoted, with commas), ``actions`` with real times, ``length``) with
-``charades_classes.txt`` -- 7 action classes: c000 cue shown [0, 28/fps] s; c001 probe of the same
-colour / c002 of a new colour, c003 at the same place / c004 at the far place, all [44/fps,
-72/fps] s; c005 movers parallel / c006 movers opposite, whole video. ``meta.json`` (written last)
+``charades_classes.txt`` -- 5 action classes: c000 cue shown [0, 28/fps] s; c001 probe of the same
+colour / c002 of a new colour, both [44/fps, 72/fps] s; c003 movers of one colour / c004 of two
+colours, whole video. ``meta.json`` (written last)
 holds the parameters and every video's factors.
 """
 
@@ -66,28 +72,30 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 PALETTE = np.array(
     [[230, 40, 40], [40, 200, 60], [50, 80, 240], [230, 220, 40], [220, 50, 220], [40, 210, 220]],
     dtype=np.float32,
 )
-FACTORS = (("samecolour", "newcolour"), ("sameplace", "farplace"), ("parallel", "opposite"))
-CLASS_NAMES = [f"{a}_{b}_{c}" for a in FACTORS[0] for b in FACTORS[1] for c in FACTORS[2]]
+FACTORS = (("samecolour", "newcolour"), ("samepair", "diffpair"))
+CLASS_NAMES = [f"{a}_{b}" for a in FACTORS[0] for b in FACTORS[1]]
 CHARADES_CLASSES = [
     "cue shown",
     "probe has the cue's colour",
     "probe has a new colour",
-    "probe at the cue's place",
-    "probe at the far place",
-    "movers go the same way",
-    "movers go opposite ways",
+    "movers of one colour",
+    "movers of two colours",
 ]
-MOVER_COLOUR = np.array([225, 225, 225], dtype=np.float32)
-DEFAULTS = dict(seed=0, train_per_class=40, val_per_class=10, num_frames=72, size=80, fps=24)
+DEFAULTS = dict(seed=0, train_per_class=100, val_per_class=20, num_frames=72, size=80, fps=24)
 
 
-def class_index(colour: int, place: int, movers: int) -> int:
-    return 4 * colour + 2 * place + movers
+def class_index(colour: int, pair: int) -> int:
+    return 2 * colour + pair
+
+
+def _other_colour(rng: np.random.Generator, c: int) -> int:
+    """A palette colour different from ``c``, uniformly."""
+    return int((c + rng.integers(1, len(PALETTE))) % len(PALETTE))
 
 
 def _paint(img: np.ndarray, cy: float, cx: float, half: float, colour: np.ndarray, disc: bool = False):
@@ -108,7 +116,7 @@ def _paint(img: np.ndarray, cy: float, cx: float, half: float, colour: np.ndarra
 def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) -> tuple[np.ndarray, dict]:
     """Frames ``(num_frames, size, size, 3)`` uint8 of one video of class ``label`` and its factors."""
     rng = np.random.default_rng(seed)
-    colour_f, place_f, movers_f = (label >> 2) & 1, (label >> 1) & 1, label & 1
+    colour_f, pair_f = (label >> 1) & 1, label & 1
     u = size / 80.0  # layout designed on an 80 px frame, scaled for other sizes
     # background: smooth texture (5x5 noise, bilinear upsampled), dark and desaturated
     small = rng.uniform(20, 90, (5, 5, 1)) + rng.uniform(-12, 12, (5, 5, 3))
@@ -119,22 +127,22 @@ def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) ->
     bg = rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]
     bg = bg.astype(np.float32)
 
-    quadrants = [(25 * u, 25 * u), (25 * u, 55 * u), (55 * u, 25 * u), (55 * u, 55 * u)]  # (y, x)
-    q_cue = int(rng.integers(4))
-    q_probe = q_cue if place_f == 0 else 3 - q_cue  # 3 - q is the diagonally opposite quadrant
+    quadrants = [(28 * u, 26 * u), (28 * u, 54 * u), (52 * u, 26 * u), (52 * u, 54 * u)]  # (y, x)
+    q_cue, q_probe = int(rng.integers(4)), int(rng.integers(4))
     c_cue = int(rng.integers(len(PALETTE)))
-    c_probe = c_cue if colour_f == 0 else int((c_cue + rng.integers(1, len(PALETTE))) % len(PALETTE))
+    c_probe = c_cue if colour_f == 0 else _other_colour(rng, c_cue)
     cue_yx = np.array(quadrants[q_cue]) + rng.uniform(-2, 2, 2) * u
     probe_yx = np.array(quadrants[q_probe]) + rng.uniform(-2, 2, 2) * u
-    radius = 5 * u
+    radius = 6 * u
     cue_end = int(round(num_frames * 28 / 72))
     probe_start = num_frames - cue_end
 
     band_lo, band_hi = 13 * u, 67 * u
     period = band_hi - band_lo
     speed = 0.75 * u
-    d1 = 1 if rng.random() < 0.5 else -1
-    d2 = d1 if movers_f == 0 else -d1
+    directions = np.where(rng.random(2) < 0.5, 1.0, -1.0)
+    c_m1 = int(rng.integers(len(PALETTE)))
+    mover_colours = (c_m1, c_m1 if pair_f == 0 else _other_colour(rng, c_m1))
     m_x0 = rng.uniform(0, period, 2)
     m_y = (14 * u, 66 * u)
 
@@ -151,11 +159,11 @@ def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) ->
             pos = d_pos[k] + d_vel[k] * t
             pos = np.abs((pos - 4 * u) % (2 * (size - 8 * u)) - (size - 8 * u)) + 4 * u  # bounce
             _paint(img, pos[0], pos[1], 1.5 * u, d_col[k])
-        for j, d in enumerate((d1, d2)):
+        for j, d in enumerate(directions):
             x = band_lo + (m_x0[j] + d * speed * t) % period
             for shift in (-period, 0.0, period):  # wraps around inside its band
                 if band_lo - 3 * u <= x + shift <= band_hi + 3 * u:
-                    _paint(img, m_y[j], x + shift, 2.5 * u, MOVER_COLOUR)
+                    _paint(img, m_y[j], x + shift, 3.5 * u, PALETTE[mover_colours[j]])
         if t < cue_end:
             _paint(img, *cue_yx, radius, PALETTE[c_cue], disc=True)
         if t >= probe_start:
@@ -164,12 +172,12 @@ def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) ->
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     factors = dict(
         colour=FACTORS[0][colour_f],
-        place=FACTORS[1][place_f],
-        movers=FACTORS[2][movers_f],
+        pair=FACTORS[1][pair_f],
         cue_colour=c_cue,
         probe_colour=c_probe,
         cue_quadrant=q_cue,
         probe_quadrant=q_probe,
+        mover_colours=list(mover_colours),
         cue_frames=[0, cue_end],
         probe_frames=[probe_start, num_frames],
     )
@@ -239,19 +247,18 @@ def _write_annotations(out: Path, videos: dict[str, dict], num_frames: int, fps:
                 acts = [
                     (0, 0.0, cue_end),
                     (1 if fa["colour"] == "samecolour" else 2, p0, p1),
-                    (3 if fa["place"] == "sameplace" else 4, p0, p1),
-                    (5 if fa["movers"] == "parallel" else 6, 0.0, length),
+                    (3 if fa["pair"] == "samepair" else 4, 0.0, length),
                 ]
                 actions = ";".join(f"c{c:03d} {a:.2f} {b:.2f}" for c, a, b in acts)
-                script = f"A {fa['colour']} disc, then {fa['place']}, movers {fa['movers']}."
+                script = f"A cue, then a probe of {fa['colour']}, with movers of {fa['pair']}."
                 w.writerow([vid, "synthetic", script, actions, f"{length:.2f}"])
 
 
 def generate(
     out: str | Path,
     seed: int = 0,
-    train_per_class: int = 40,
-    val_per_class: int = 10,
+    train_per_class: int = 100,
+    val_per_class: int = 20,
     num_frames: int = 72,
     size: int = 80,
     fps: int = 24,
