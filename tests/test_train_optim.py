@@ -73,3 +73,13 @@ def test_scheduler_steps_per_iteration_and_resumes():
     assert sch2.last_epoch == 3 and opt2.param_groups[0]["lr"] == pytest.approx(lr3)
     assert lr3 == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.3)))
 
+
+
+def test_adamw_option_keeps_the_decay_groups_and_scaled_rate():
+    import torch
+
+    net = nn.Sequential(nn.Conv3d(3, 4, 3), nn.BatchNorm3d(4), nn.Linear(4, 2))
+    opt = build_optimizer(net, cfg(optimizer="adamw", lr=0.004, weight_decay=0.05, betas=[0.9, 0.99]), 16)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.99)
+    assert opt.defaults["lr"] == pytest.approx(0.001)
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]

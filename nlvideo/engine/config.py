@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.engine.logging import PROGRESS_MODES
-from nlvideo.engine.optim import SCHEDULES, UNITS
+from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS
 
 try:  # the model zoo's error type, so callers catch one class
     from nlvideo.models import ConfigError
@@ -87,6 +87,9 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
     o, t = cfg.optim, cfg.trainer
     if needs_train:
         _need(float(o.lr) > 0, f"optim.lr={o.lr} must be > 0")
+        optimizer = o.get("optimizer", "sgd")
+        _need(optimizer in OPTIMIZERS,
+              f"optim.optimizer={optimizer!r} is not allowed; choose one of: " + ", ".join(OPTIMIZERS))
         _need(0 <= float(o.momentum) < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
         _need(float(o.weight_decay) >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
         _need(int(o.reference_batch_size) > 0, "optim.reference_batch_size must be > 0")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 UNITS = ("epoch", "iter")
 
@@ -61,9 +62,12 @@ def build_optimizer(model: nn.Module, cfg_optim, global_batch_size: int) -> torc
         norm_weight_decay=None if cfg_optim.get("bn_weight_decay", False) else 0.0,
         bias_weight_decay=None if cfg_optim.get("bias_weight_decay", False) else 0.0,
     )
+    lr = scaled_lr(cfg_optim, global_batch_size)
+    if cfg_optim.get("optimizer", "sgd") == "adamw":  # small models from scratch (configs/optim/adamw.yaml)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg_optim.get("betas", (0.9, 0.999))))
     return torch.optim.SGD(
         groups,
-        lr=scaled_lr(cfg_optim, global_batch_size),
+        lr=lr,
         momentum=float(cfg_optim.momentum),
         nesterov=bool(cfg_optim.nesterov) and float(cfg_optim.momentum) > 0,
         dampening=0.0,
