@@ -15,6 +15,18 @@ from nlvideo.models import build_video_resnet
 from nlvideo.visualize import block_attention, render
 from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
 
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=app_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 QUICK = ["trainer.epochs=2", "trainer.debug.max_iters_per_epoch=2", "trainer.deterministic=false"]
 
 
@@ -33,14 +45,7 @@ def two_runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_compare_writes_curves_png_and_table_with_both_runs(two_runs, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "nlvideo.compare", *map(str, two_runs.values()), "--out", str(tmp_path)],
-        cwd=REPO,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_module("nlvideo.compare", *map(str, two_runs.values()), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     image = Image.open(tmp_path / "curves.png")
     image.verify()
@@ -77,14 +82,7 @@ def test_runs_of_different_lengths_and_in_progress_runs_are_compared(two_runs, t
 def test_directory_without_event_files_is_a_clear_error(two_runs, tmp_path):
     empty = tmp_path / "not_a_run"
     empty.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "nlvideo.compare", str(two_runs["c2d"]), str(empty)],
-        cwd=REPO,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_module("nlvideo.compare", str(two_runs["c2d"]), str(empty))
     assert result.returncode == 2
     assert f"no TensorBoard event files (events.out.tfevents.*) under {empty}" in result.stderr
 
@@ -92,23 +90,8 @@ def test_directory_without_event_files_is_a_clear_error(two_runs, tmp_path):
 def test_visualize_a_trained_checkpoint_writes_a_png(two_runs, tmp_path):
     checkpoint = sorted((two_runs["c2d_nl1"] / "checkpoints").glob("checkpoint_*.pt"))[-1]
     out = tmp_path / "attention.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nlvideo.visualize",
-            "--checkpoint",
-            str(checkpoint),
-            "--sample",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env=app_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_module(
+        "nlvideo.visualize", "--checkpoint", str(checkpoint), "--sample", "1", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
     image = Image.open(out)
