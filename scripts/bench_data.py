@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_videos(
-    root: Path, count: int, seconds: float = 10, width: int = 340, height: int = 256, fps: int = 30
+    root: Path, count: int, seconds: float = 10, width: int = 340, height: int = 256, fps: int = 30,
+    gop: int | None = None,
 ):
     """Textured, moving content (a scrolling smooth random texture + noise), so H.264 has real work."""
     lines = []
@@ -46,7 +47,7 @@ def make_videos(
             x0 = (2 * t) % (big.shape[1] - width)
             img = big[:height, x0 : x0 + width] + rng.normal(0, 6, (height, width, 3)).astype(np.float32)
             frames[t] = np.clip(img, 0, 255)
-        write_mp4(root / f"v{v}.mp4", frames, fps=fps, crf=23, preset="veryfast")
+        write_mp4(root / f"v{v}.mp4", frames, fps=fps, crf=23, preset="veryfast", gop=gop)
         lines.append(f"v{v}.mp4 0")
     (root / "train.csv").write_text("\n".join(lines) + "\n")
 
@@ -100,14 +101,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements per cell (best is kept)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--gop", type=int, default=None,
+                   help="key-frame interval of the generated videos (default: x264's 250 frames)")
     a = p.parse_args()
     torch.set_num_threads(1)  # one core per process; workers give the parallelism
     with tempfile.TemporaryDirectory(prefix="nlvideo_bench_") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        make_videos(root, a.videos)
+        make_videos(root, a.videos, gop=a.gop)
         print(
-            f"generated {a.videos} videos (10 s, 340x256, 30 fps, H.264) in {time.perf_counter() - t0:.1f}s"
+            f"generated {a.videos} videos (10 s, 340x256, 30 fps, H.264, key frame every {a.gop or 250} "
+            f"frames) in {time.perf_counter() - t0:.1f}s"
         )
         rows = []
         for nf, sr in ((8, 8), (32, 2)):

@@ -191,10 +191,12 @@ def write_mp4(
     crf: int = 20,
     preset: str = "superfast",
     faststart: bool = False,
+    gop: int | None = None,
 ) -> None:
     """Encode ``(T, H, W, 3)`` uint8 RGB frames as H.264 (libx264, yuv420p) with PyAV.
 
-    ``faststart`` puts the mp4 index (moov) before the frame data, as web videos have it.
+    ``faststart`` puts the mp4 index (moov) before the frame data, as web videos have it; ``gop`` is the
+    key-frame interval (x264's default, 250 frames, when None).
     """
     import av
 
@@ -202,7 +204,7 @@ def write_mp4(
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+        stream.options = {"crf": str(crf), "preset": preset, **({"g": str(gop)} if gop else {})}
         stream.codec_context.thread_count = 1
         for frame in frames:
             for packet in stream.encode(
