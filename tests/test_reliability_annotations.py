@@ -119,9 +119,9 @@ def test_negative_and_nan_times_never_give_wrong_clip_labels(synthetic_cfg, tmp_
     ds = build_dataset(cfg, "train")
     seed = next(s for s in range(100) if random.Random(s).randint(0, 72 - 13) <= 10)  # clip in [0, 1] s
     labels = [ds[(i, seed)]["label"] for i in range(4)]
-    assert labels[0].tolist() == [1, 0, 0, 0, 0, 0, 0]  # starts before 11/24 s, ends before 1.83 s
-    assert labels[1].tolist() == [1, 1, 0, 0, 0, 0, 0]
-    assert labels[2].tolist() == labels[3].tolist() == [1, 0, 1, 0, 0, 0, 0]
+    assert labels[0].tolist() == [1, 0, 0, 0, 0]  # starts before 11/24 s, ends before 1.83 s
+    assert labels[1].tolist() == [1, 1, 0, 0, 0]
+    assert labels[2].tolist() == labels[3].tolist() == [1, 0, 1, 0, 0]
     assert all(math.isfinite(float(x.sum())) and x.dtype == torch.float32 for x in labels)
 
 
