@@ -119,24 +119,18 @@ def load_weights_for_finetuning(net: torch.nn.Module, path: str) -> None:
              path, skipped or "none", sorted(set(own) - set(usable)) or "none")
 
 
-def model_stats(net: torch.nn.Module, cfg: DictConfig, device: torch.device) -> dict[str, float]:
-    """Parameter count and forward FLOPs of one clip (FlopCounterMode counts 1 MAC as 2 FLOPs)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def model_stats(net: torch.nn.Module, cfg: DictConfig) -> dict[str, float]:
+    """Parameter count and forward GFLOPs of one training-size clip (2 FLOPs per multiply-add),
+    counted on the meta device by :mod:`nlvideo.models.stats`."""
+    from nlvideo.models.stats import count_macs, count_params
 
-    params = sum(p.numel() for p in net.parameters())
     crop = int(cfg.data.get("train_crop_size", 224))
-    shape = (1, 3, int(cfg.data.num_frames), crop, crop)
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(torch.zeros(shape, device=device))
-        flops = float(counter.get_total_flops())
+        flops = 2.0 * count_macs(net, (1, 3, int(cfg.data.num_frames), crop, crop))
     except Exception as exc:  # noqa: BLE001 - stats are informative, never fatal
         log.warning("FLOP count failed (%s); logging 0", exc)
         flops = 0.0
-    net.train(was_training)
-    return {"params": float(params), "gflops": flops / 1e9}
+    return {"params": float(count_params(net)), "gflops": flops / 1e9}
 
 
 def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
@@ -223,7 +217,7 @@ def train(cfg: DictConfig) -> int:
     net = build_model(cfg, device)
     if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
         load_weights_for_finetuning(net, str(t.init_weights))
-    stats = model_stats(net, cfg, device) if info.is_main else {}
+    stats = model_stats(net, cfg) if info.is_main else {}
     if info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif info.enabled and t.sync_bn:
