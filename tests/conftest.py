@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 import nlvideo  # noqa: F401  (torchvision compat shim)
 
 REPO = Path(__file__).resolve().parents[1]
-# 4 training and 2 validation videos per class (16 + 8), full 72-frame 80x80 videos.
-SMALL_SYNTHETIC = dict(seed=0, train_per_class=4, val_per_class=2, num_frames=72, size=80, fps=24)
+# 4 training and 2 validation videos per class (16 + 8), full 64-frame 64x64 videos.
+SMALL_SYNTHETIC = dict(seed=0, train_per_class=4, val_per_class=2, num_frames=64, size=64, fps=24)
 
 
 @pytest.fixture(scope="session")

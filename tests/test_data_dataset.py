@@ -148,7 +148,7 @@ def test_synthetic_kinetics_form(synthetic_cfg):
     assert (train.num_classes, train.num_videos, train.multi_label) == (4, 16, False)
     assert train.class_names[0] == "samecolour_samepair"
     item = train[(5, 1)]
-    assert item["clip"].shape == (3, 8, 64, 64) and item["label"].item() == 1  # video i has class i % 4
+    assert item["clip"].shape == (3, 8, 48, 48) and item["label"].item() == 1  # video i has class i % 4
     test = build_dataset(synthetic_cfg, "test")
     assert (test.num_videos, test.num_views, len(test)) == (8, 2, 16)
 
@@ -165,18 +165,18 @@ def test_synthetic_charades_form_clip_labels(synthetic_cfg):
     assert rec.video_labels == [0, 1, 3]
     item = train[(0, 3)]
     assert item["label"].dtype == torch.float32 and item["label"].tolist() == [1, 1, 0, 1, 0]
-    # a short clip only overlaps the cue (frames 0..27) and/or the probe (44..71); c003 always
+    # a short clip only overlaps the cue (frames 0..24) and/or the probe (39..63); c003 always
     cfg.num_frames, cfg.sampling_rate = 4, 4
     short = build_dataset(cfg, "train")
-    starts = [random.Random(s).randint(0, 72 - 13) for s in range(5)]
+    starts = [random.Random(s).randint(0, 64 - 13) for s in range(5)]
     expect = []
     for st in starts:
         t0, t1 = st / 24, (st + 13) / 24
         labels = [0] * 5
         labels[3] = 1
-        if t0 < 28 / 24:
+        if t0 < 25 / 24:
             labels[0] = 1
-        if t1 > 44 / 24:
+        if t1 > 39 / 24:
             labels[1] = 1
         expect.append(labels)
     assert [short[(0, s)]["label"].tolist() for s in range(5)] == expect

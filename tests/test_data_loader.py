@@ -87,7 +87,7 @@ def test_same_clips_with_0_and_2_workers_and_after_resume(synthetic_cfg):
         assert torch.equal(x["clip"], y["clip"]) and torch.equal(x["video_index"], y["video_index"])
     other_epoch = batches(ds, synthetic_cfg, 0, epoch=2)
     assert not torch.equal(b0[0]["clip"], other_epoch[0]["clip"])
-    assert b0[0]["clip"].shape == (4, 3, 8, 64, 64) and b0[0]["label"].dtype == torch.int64
+    assert b0[0]["clip"].shape == (4, 3, 8, 48, 48) and b0[0]["label"].dtype == torch.int64
 
 
 def test_persistent_workers_follow_set_epoch(synthetic_cfg):

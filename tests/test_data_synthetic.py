@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nlvideo.data import open_video
-from nlvideo.data.synthetic import CLASS_NAMES, PALETTE, ensure_synthetic, render_video
+from nlvideo.data.synthetic import CLASS_NAMES, PALETTE, ensure_synthetic, factor_accuracy, render_video
 
 TINY = dict(seed=3, train_per_class=2, val_per_class=0, num_frames=24, size=48, fps=12)
 
@@ -48,9 +48,10 @@ def test_decoded_video_shows_cue_then_probe(synthetic_root):
     meta = json.loads((synthetic_root / "meta.json").read_text())
     f = meta["videos"]["train_00006"]["factors"]  # class 2: newcolour_samepair
     video = open_video(str(synthetic_root / "videos" / "train_00006.mp4"))
-    assert (video.num_frames, video.fps) == (72, 24.0)
-    frames = video.get_batch([10, 36, 60]).astype(np.float32)
-    centres = [(28, 26), (28, 54), (52, 26), (52, 54)]
+    assert (video.num_frames, video.fps) == (64, 24.0)
+    assert f["cue_frames"] == [0, 25] and f["probe_frames"] == [39, 64]
+    frames = video.get_batch([10, 32, 60]).astype(np.float32)
+    centres = [(22, 21), (22, 43), (42, 21), (42, 43)]  # quadrant centres of a 64 px frame
 
     def colour_at(frame, quadrant):
         y, x = centres[quadrant]
@@ -98,3 +99,14 @@ def test_existing_root_with_other_params_is_an_error(tmp_path):
     (tmp_path / "other" / "x").write_text("not a dataset")
     with pytest.raises(ValueError, match="not a generated synthetic dataset"):
         ensure_synthetic(tmp_path / "other", workers=1, **TINY)
+
+
+def test_factor_accuracy_separates_the_two_relations():
+    truth = ["samecolour_samepair", "samecolour_diffpair", "newcolour_samepair", "newcolour_diffpair"]
+    pred = ["samecolour_samepair", "newcolour_diffpair", "samecolour_samepair", "newcolour_samepair"]
+    # colour right on videos 0 and 3; pair right on 0, 1 and 2
+    assert factor_accuracy(truth, pred) == {"colour": 50.0, "pair": 75.0}
+    with pytest.raises(ValueError, match="not built-in synthetic classes"):
+        factor_accuracy(["abseiling"], ["samecolour_samepair"])
+    with pytest.raises(ValueError, match="one prediction per label"):
+        factor_accuracy(truth, pred[:2])
