@@ -168,7 +168,13 @@ def test_synthetic_charades_form_clip_labels(synthetic_cfg):
     # a short clip only overlaps the cue (frames 0..24) and/or the probe (39..63); c003 always
     cfg.num_frames, cfg.sampling_rate = 4, 4
     short = build_dataset(cfg, "train")
-    starts = [random.Random(s).randint(0, 64 - 13) for s in range(5)]
+    def start(seed):  # the dataset's draw of a clip start
+        return random.Random(seed).randint(0, 64 - 13)
+
+    # seeds 0..4, plus clips starting at the cue's last frame / just after it, and clips whose last
+    # frame is just before / at the probe's first frame (times in the CSV have 2 decimals)
+    seeds = list(range(5)) + [next(s for s in range(10_000) if start(s) == st) for st in (24, 25, 26, 27)]
+    starts = [start(s) for s in seeds]
     expect = []
     for st in starts:
         t0, t1 = st / 24, (st + 13) / 24
@@ -179,7 +185,8 @@ def test_synthetic_charades_form_clip_labels(synthetic_cfg):
         if t1 > 39 / 24:
             labels[1] = 1
         expect.append(labels)
-    assert [short[(0, s)]["label"].tolist() for s in range(5)] == expect
+    assert [short[(0, s)]["label"].tolist() for s in seeds] == expect
+    assert [e[0] for e in expect[-4:]] == [1, 0, 0, 0] and [e[1] for e in expect[-4:]] == [0, 0, 0, 1]
     val = build_dataset(cfg, "val")
     assert val[0]["label"].tolist() == [1, 1, 0, 1, 0]  # video-level labels
 

@@ -27,9 +27,9 @@ pair        samepair /        the two movers have the same colour, or different 
             diffpair          a relation between two objects ~42 px apart
 ==========  ================  ==========================================================
 
-Why these need long-range relations, and why a non-local block can learn them: every single frame
-has the same distribution in all classes (discs and movers of uniformly random colours at random
-places), so per-frame appearance carries no label information. A C2D network computes per-frame
+Why these need long-range relations, and why a non-local block can learn them: every object's
+colour and place are distributed the same way in all classes, so no single object carries label
+information; only a comparison of two objects does. A C2D network computes per-frame
 features, averages them over the clip and reads them out linearly: for the colour factor the pooled
 features are f_cue(a) + f_probe(b), an additive function of the two colours, and no linear read-out
 of it is "a == b" for all colour pairs, so C2D cannot beat chance on that factor (the pair factor is
@@ -54,9 +54,9 @@ at least 3 cue and 3 probe frames.
 Files under the root: ``videos/<id>.mp4``; Kinetics form ``train.csv``/``val.csv`` (``videos/<id>.mp4
 <label>``) with ``classes.txt``; Charades form ``charades_train.csv``/``charades_val.csv`` (``id``,
 ``script`` (quoted, with commas), ``actions`` with real times, ``length``) with
-``charades_classes.txt`` -- 5 action classes: c000 cue shown [0, 28/fps] s; c001 probe of the same
-colour / c002 of a new colour, both [44/fps, 72/fps] s; c003 movers of one colour / c004 of two
-colours, whole video. ``meta.json`` (written last)
+``charades_classes.txt`` -- 5 action classes: c000 cue shown (its ``cue_frames`` in seconds);
+c001 probe of the same colour / c002 of a new colour (its ``probe_frames``); c003 movers of one
+colour / c004 of two colours, whole video. ``meta.json`` (written last)
 holds the parameters and every video's factors.
 """
 
@@ -67,6 +67,7 @@ import contextlib
 import csv
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -115,7 +116,9 @@ def _paint(img: np.ndarray, cy: float, cx: float, half: float, colour: np.ndarra
     patch += m * (colour - patch)
 
 
-def render_video(label: int, seed: int, num_frames: int = 72, size: int = 80) -> tuple[np.ndarray, dict]:
+def render_video(
+    label: int, seed: int, num_frames: int = DEFAULTS["num_frames"], size: int = DEFAULTS["size"]
+) -> tuple[np.ndarray, dict]:
     """Frames ``(num_frames, size, size, 3)`` uint8 of one video of class ``label`` and its factors."""
     rng = np.random.default_rng(seed)
     colour_f, pair_f = (label >> 1) & 1, label & 1
@@ -251,6 +254,12 @@ def _make_one(job: tuple[str, str, int, int, int, int, int, int]) -> tuple[str, 
     return vid, factors
 
 
+def _seconds(frames: Sequence[int], fps: int) -> tuple[float, float]:
+    """Frames ``[a, b)`` as times written with 2 decimals, rounded inwards (start up, end down), so a
+    clip that overlaps the written span also overlaps the frames (39/24 s must not become 1.62)."""
+    return math.ceil(frames[0] / fps * 100 - 1e-6) / 100, math.floor(frames[1] / fps * 100 + 1e-6) / 100
+
+
 def _write_annotations(out: Path, videos: dict[str, dict], num_frames: int, fps: int) -> None:
     (out / "classes.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))
     (out / "charades_classes.txt").write_text(
@@ -267,12 +276,10 @@ def _write_annotations(out: Path, videos: dict[str, dict], num_frames: int, fps:
             w.writerow(["id", "subject", "script", "actions", "length"])
             for vid in ids:
                 fa = videos[vid]["factors"]
-                cue_end = fa["cue_frames"][1] / fps
-                p0, p1 = fa["probe_frames"][0] / fps, fa["probe_frames"][1] / fps
                 acts = [
-                    (0, 0.0, cue_end),
-                    (1 if fa["colour"] == "samecolour" else 2, p0, p1),
-                    (3 if fa["pair"] == "samepair" else 4, 0.0, length),
+                    (0, *_seconds(fa["cue_frames"], fps)),
+                    (1 if fa["colour"] == "samecolour" else 2, *_seconds(fa["probe_frames"], fps)),
+                    (3 if fa["pair"] == "samepair" else 4, *_seconds([0, num_frames], fps)),
                 ]
                 actions = ";".join(f"c{c:03d} {a:.2f} {b:.2f}" for c, a, b in acts)
                 script = f"A cue, then a probe of {fa['colour']}, with movers of {fa['pair']}."
@@ -281,12 +288,12 @@ def _write_annotations(out: Path, videos: dict[str, dict], num_frames: int, fps:
 
 def generate(
     out: str | Path,
-    seed: int = 0,
-    train_per_class: int = 100,
-    val_per_class: int = 20,
-    num_frames: int = 72,
-    size: int = 80,
-    fps: int = 24,
+    seed: int = DEFAULTS["seed"],
+    train_per_class: int = DEFAULTS["train_per_class"],
+    val_per_class: int = DEFAULTS["val_per_class"],
+    num_frames: int = DEFAULTS["num_frames"],
+    size: int = DEFAULTS["size"],
+    fps: int = DEFAULTS["fps"],
     workers: int = 0,
 ) -> Path:
     """Write the dataset into ``out`` (which must not exist or be empty). ``workers=0``: all CPUs."""
