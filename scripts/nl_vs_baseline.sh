@@ -15,12 +15,27 @@ SEEDS=${SEEDS:-0}
 OUT=${OUT:-docs/nl_vs_baseline}
 SWEEP=outputs/nl_vs_baseline
 python train.py -m +experiment=nl_vs_baseline model="$MODELS" seed="$SEEDS" hydra.sweep.dir="$SWEEP" "$@"
-python -m nlvideo.compare "$SWEEP" --out "$OUT" --smooth 0.6 \
-    --title "built-in synthetic data: baseline vs non-local (width 8, 8x8 clips of 48x48)"
-evals=()
-for run in "$SWEEP"/*_seed*/; do
-    ckpt=$(ls "$run"checkpoints/checkpoint_*.pt | tail -n 1)
-    python eval.py checkpoint="$ckpt" hydra.run.dir="${run}eval" trainer.progress=off
-    evals+=("${run}eval")
+
+# This sweep's runs only (the folder may hold others), each tested at its last checkpoint.
+IFS=, read -ra models <<<"$MODELS"
+IFS=, read -ra seeds <<<"$SEEDS"
+shopt -s nullglob
+runs=() evals=()
+for m in "${models[@]}"; do
+    for s in "${seeds[@]}"; do
+        run="$SWEEP/${m}_seed${s}"
+        runs+=("$run")
+        ckpts=("$run"/checkpoints/checkpoint_*.pt)
+        if ((${#ckpts[@]} == 0)); then
+            echo "warning: $run has no checkpoint; not tested" >&2
+            continue
+        fi
+        python eval.py checkpoint="${ckpts[-1]}" hydra.run.dir="$run/eval" trainer.progress=off
+        evals+=("$run/eval")
+    done
 done
-python scripts/factor_accuracy.py "${evals[@]}" | tee "$OUT/factors.md"
+python -m nlvideo.compare "${runs[@]}" --out "$OUT" --smooth 0.6 \
+    --title "built-in synthetic data: baseline vs non-local (width 8, 8x8 clips of 48x48)"
+if ((${#evals[@]})); then
+    python scripts/factor_accuracy.py "${evals[@]}" | tee "$OUT/factors.md"
+fi
