@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("| model | iteration | videos | top-1 | colour (across time) | pair (across space) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | run | iteration | videos | top-1 | colour (across time) | pair (across space) |")
+    print("|---|---|---|---|---|---|---|")
     for m in results:
-        print(f"| {m['model']} | {m['iteration']} | {m['num_videos']} | {m['top1']:.1f} "
+        run = Path(m["checkpoint"]).parent.parent.name  # <run>/checkpoints/checkpoint_*.pt
+        print(f"| {m['model']} | {run} | {m['iteration']} | {m['num_videos']} | {m['top1']:.1f} "
               f"| {m['colour']:.1f} | {m['pair']:.1f} |")
     return 0
 

@@ -42,8 +42,9 @@ def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if line.startswith("| c2d_nl1"))
-    _, model, it, videos, t1, colour, pair, _ = (c.strip() for c in row.split("|"))
-    assert (model, it, videos, float(t1)) == ("c2d_nl1", "2", "8", round(metrics["top1"], 1))
+    _, model, run, it, videos, t1, colour, pair, _ = (c.strip() for c in row.split("|"))
+    assert (model, run, it, videos) == ("c2d_nl1", "train", "2", "8")
+    assert float(t1) == round(metrics["top1"], 1)
     for k, value in enumerate((colour, pair)):  # <colour>_<pair>: the k-th part of label and prediction
         hits = sum(r["label"].split("_")[k] == r["pred"].split("_")[k] for r in rows)
         assert float(value) == round(100 * hits / len(rows), 1)

@@ -30,15 +30,18 @@ pair        samepair /        the two movers have the same colour, or different 
 Why these need long-range relations, and why a non-local block can learn them: every object's
 colour and place are distributed the same way in all classes, so no single object carries label
 information; only a comparison of two objects does. A C2D network computes per-frame
-features, averages them over the clip and reads them out linearly: for the colour factor the pooled
-features are f_cue(a) + f_probe(b), an additive function of the two colours, and no linear read-out
-of it is "a == b" for all colour pairs, so C2D cannot beat chance on that factor (the pair factor is
-inside one frame, where its receptive field can reach both movers). A non-local block adds to every
-position a weighted sum over all positions of the whole clip (theta_i^T phi_j is a learned
-similarity of appearance; even uniform weights broadcast the clip's colour content), after which
-the next ReLU layers at the cue can compute "my colour also appears later". Both relations are
-about appearance, not position or motion, which the non-local operation (no positional encoding)
-could not see. I3D can relate frames through its temporal kernels, stacked over the stages.
+features, averages them over the clip and reads them out linearly, so its colour decision is a
+threshold on g(a) + h(b), an additive function of the cue colour a and the probe colour b (given
+the movers, which it may use as a reference). No such function is "a == b": with 3 colours the best
+one is right on 75 % of the videos (brute force over all additive scores; e.g. g = (R 1, G 2, B 0),
+h = (R 2, G 1, B 0), "same" iff g(a) + h(b) >= 3), so **C2D is bounded at 75 % on the colour
+relation** (and on top-1), where a model that compares the two discs reaches 100 %. (The pair
+relation lies inside one frame; C2D's receptive field can reach both movers.) A non-local block
+adds to every position a weighted sum over all positions of the whole clip (theta_i^T phi_j is a
+learned similarity of appearance; even uniform weights broadcast the clip's colour content), after
+which the next ReLU layers at the cue can compute "my colour also appears later". Both relations
+are about appearance, not position or motion, which the non-local operation (no positional
+encoding) could not see. I3D can relate frames through its temporal kernels, stacked over stages.
 
 History: version 1 (8 classes, also "probe at the cue's place" and "movers go the same way") was
 learned by no model within the CPU budget, and a block without positional encoding cannot express
