@@ -55,7 +55,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def setup_runtime(cfg: DictConfig, rank: int) -> torch.device:
-    """Seed every generator (offset by rank), set determinism, pick the device."""
+    """Seed every generator (offset by rank), set determinism and CPU threads, pick the device."""
+    threads = cfg.trainer.get("cpu_threads")
+    if threads is not None:  # intra-op threads of this process (loader workers always use 1)
+        torch.set_num_threads(int(threads))
     if cfg.trainer.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -195,8 +198,8 @@ def train(cfg: DictConfig) -> int:
     t = cfg.trainer
     per_rank_batch = int(cfg.data.batch_size)
     global_batch = per_rank_batch * info.world_size
-    log.info("run dir %s | %d process(es) (%s) | device %s | global batch %d", run_dir, info.world_size,
-             info.backend or "single", device, global_batch)
+    log.info("run dir %s | %d process(es) (%s) | device %s | %d CPU thread(s) | global batch %d", run_dir,
+             info.world_size, info.backend or "single", device, torch.get_num_threads(), global_batch)
 
     # Data: built before the model so num_classes / multi_label come from the dataset itself.
     train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)

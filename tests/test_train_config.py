@@ -34,6 +34,8 @@ def test_defaults_and_paper_recipes_are_valid(tmp_path):
         (["data=kinetics400"], r"data.root is required for data=kinetics400: pass data.root="),
         (["trainer.progress=fancy"], r"trainer.progress='fancy' is not allowed"),
         (["trainer.checkpoint.keep_last=0"], r"trainer.checkpoint.keep_last=0 must be >= 1"),
+        (["trainer.cpu_threads=0"], r"trainer.cpu_threads=0 must be null \(torch's default\) or an integer"),
+        (["trainer.cpu_threads=two"], r"trainer.cpu_threads='two' must be null"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, message):

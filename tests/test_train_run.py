@@ -119,7 +119,8 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, synthetic_root, tmp_pa
 def test_sigterm_checkpoints_at_iteration_boundary_and_exits_zero(synthetic_root, tmp_path):
     run_dir = tmp_path / "preempted"
     cmd = [sys.executable, "train.py", *tiny_overrides(synthetic_root), "trainer.epochs=1",
-           "trainer.eval_period=0", "trainer.checkpoint.every_iters=0", f"hydra.run.dir={run_dir}"]
+           "trainer.eval_period=0", "trainer.checkpoint.every_iters=0", "trainer.cpu_threads=2",
+           f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     out = []
@@ -130,6 +131,7 @@ def test_sigterm_checkpoints_at_iteration_boundary_and_exits_zero(synthetic_root
     assert proc.wait(timeout=60) == 0, "".join(out)[-3000:]
     text = "".join(out)
     assert "received SIGTERM" in text and "stopped by signal" in text
+    assert "| 2 CPU thread(s) |" in text  # trainer.cpu_threads wins over OMP_NUM_THREADS=1
     (ckpt,) = (run_dir / "checkpoints").glob("*.pt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert 1 <= state["iteration"] < 4 and state["iter_in_epoch"] == state["iteration"]

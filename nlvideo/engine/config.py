@@ -115,6 +115,9 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
     _need(amp in AMP_MODES, f"trainer.amp={t.amp!r} is not allowed; choose one of: off, bf16, fp16")
     _need(not (amp == "fp16" and device.type == "cpu"),
           "trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or trainer.amp=off")
+    threads = t.get("cpu_threads")
+    _need(threads is None or (isinstance(threads, int) and threads >= 1),
+          f"trainer.cpu_threads={threads!r} must be null (torch's default) or an integer >= 1")
     _need(t.progress in PROGRESS_MODES, f"trainer.progress={t.progress!r} is not allowed; choose one of: "
           + ", ".join(PROGRESS_MODES))
     _need(int(cfg.data.batch_size) >= 1, f"data.batch_size={cfg.data.batch_size} must be >= 1")
