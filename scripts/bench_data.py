@@ -9,6 +9,10 @@ clips (same sampler seeds, same frame indices); the script checks that and print
 pixel difference between the two decoders' clips.
 
     python scripts/bench_data.py            # ~4 minutes on 2 CPU cores
+    python scripts/bench_data.py --decode-threads 1 2 --workers 0
+
+``--decode-threads`` is ``data.decode_threads`` for both readers (decord's ``num_threads``, PyAV's
+codec threads); 1 is PySlowFast's default (no multi-threaded decoding).
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ def make_videos(
     (root / "train.csv").write_text("\n".join(lines) + "\n")
 
 
-def data_cfg(root: Path, decoder: str, num_frames: int, sampling_rate: int, workers: int):
+def data_cfg(root: Path, decoder: str, num_frames: int, sampling_rate: int, workers: int, threads: int = 1):
     cfg = OmegaConf.load(REPO / "configs" / "data" / "kinetics400.yaml")
     cfg.root = str(root)
     cfg.num_classes = 1
     cfg.decoder = decoder
+    cfg.decode_threads = threads
     cfg.num_frames, cfg.sampling_rate = num_frames, sampling_rate
     cfg.num_workers = workers
     cfg.persistent_workers = False
@@ -65,9 +70,9 @@ def data_cfg(root: Path, decoder: str, num_frames: int, sampling_rate: int, work
 
 
 def measure(
-    root: Path, decoder: str, nf: int, sr: int, workers: int, clips: int, batch: int
+    root: Path, decoder: str, nf: int, sr: int, workers: int, clips: int, batch: int, threads: int
 ) -> tuple[float, list]:
-    cfg = data_cfg(root, decoder, nf, sr, workers)
+    cfg = data_cfg(root, decoder, nf, sr, workers, threads)
     ds = build_dataset(cfg, "train")
     sampler = ClipSampler(len(ds) * 1000, shuffle=False, seed=0)  # indices wrap below; one long "epoch"
 
@@ -94,6 +99,25 @@ def measure(
     return n / elapsed, first["clip"][:2], 1000 * cpu / n
 
 
+def cell(root: Path, a: argparse.Namespace, nf: int, sr: int, w: int, threads: int) -> tuple:
+    """One table row: best clips/s of each decoder over interleaved rounds, same clips."""
+    best = {"decord": 0.0, "pyav": 0.0}
+    cpu = {"decord": float("inf"), "pyav": float("inf")}
+    first = {}
+    for _ in range(a.rounds):  # interleaved rounds, best of each: robust to other load
+        for decoder in best:
+            rate, first[decoder], ms = measure(root, decoder, nf, sr, w, a.clips, a.batch_size, threads)
+            best[decoder] = max(best[decoder], rate)
+            cpu[decoder] = min(cpu[decoder], ms)
+    dec, pyav = best["decord"], best["pyav"]
+    diff = (first["decord"] - first["pyav"]).abs().mean().item() * 57.375  # 0-255 levels
+    cpu_col = "-"
+    if w == 0:
+        cpu_col = f"{cpu['decord']:.0f} / {cpu['pyav']:.0f} ({cpu['pyav'] / cpu['decord']:.2f}x)"
+    print(f"  {nf}x{sr} threads={threads} workers={w}: decord {dec:.1f}, pyav {pyav:.1f} clips/s", flush=True)
+    return (f"{nf}x{sr}", threads, w, dec, pyav, dec / pyav, cpu_col, diff)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=4)
@@ -101,6 +125,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements per cell (best is kept)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--decode-threads", type=int, nargs="+", default=[1])
     p.add_argument("--gop", type=int, default=None,
                    help="key-frame interval of the generated videos (default: x264's 250 frames)")
     a = p.parse_args()
@@ -115,22 +140,9 @@ def main() -> None:
         )
         rows = []
         for nf, sr in ((8, 8), (32, 2)):
-            for w in a.workers:
-                best = {"decord": 0.0, "pyav": 0.0}
-                cpu = {"decord": float("inf"), "pyav": float("inf")}
-                first = {}
-                for _ in range(a.rounds):  # interleaved rounds, best of each: robust to other load
-                    for decoder in best:
-                        rate, first[decoder], ms = measure(root, decoder, nf, sr, w, a.clips, a.batch_size)
-                        best[decoder] = max(best[decoder], rate)
-                        cpu[decoder] = min(cpu[decoder], ms)
-                dec, pyav = best["decord"], best["pyav"]
-                diff = (first["decord"] - first["pyav"]).abs().mean().item() * 57.375  # 0-255 levels
-                cpu_col = "-"
-                if w == 0:
-                    cpu_col = f"{cpu['decord']:.0f} / {cpu['pyav']:.0f} ({cpu['pyav'] / cpu['decord']:.2f}x)"
-                rows.append((f"{nf}x{sr}", w, dec, pyav, dec / pyav, cpu_col, diff))
-                print(f"  {nf}x{sr} workers={w}: decord {dec:.1f}, pyav {pyav:.1f} clips/s", flush=True)
+            for threads in a.decode_threads:
+                for w in a.workers:
+                    rows.append(cell(root, a, nf, sr, w, threads))
     print()
     print(
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch threads 1 per process, "
@@ -139,12 +151,12 @@ def main() -> None:
     )
     print()
     print(
-        "| sampling | workers | decord clips/s | PyAV clips/s | decord / PyAV "
+        "| sampling | decode threads | workers | decord clips/s | PyAV clips/s | decord / PyAV "
         "| CPU ms/clip decord / PyAV | mean abs diff (0-255) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for s, w, d, pv, r, cpu_col, diff in rows:
-        print(f"| {s} | {w} | {d:.1f} | {pv:.1f} | {r:.2f}x | {cpu_col} | {diff:.2f} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s, th, w, d, pv, r, cpu_col, diff in rows:
+        print(f"| {s} | {th} | {w} | {d:.1f} | {pv:.1f} | {r:.2f}x | {cpu_col} | {diff:.2f} |")
 
 
 if __name__ == "__main__":

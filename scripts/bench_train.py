@@ -9,6 +9,12 @@ the same run.
 
     python scripts/bench_train.py                       # 8x224^2, batch 2, fp32 + variants
     python scripts/bench_train.py --variants fp32 bf16 --steps 5
+    python scripts/bench_train.py --variants channels_last compile --threads 1 2
+
+``--threads`` sets ``torch.set_num_threads`` in each worker (default: torch's own choice, one
+thread per core); ratios are computed between rows of the same variant and thread count.
+``compile`` is ``torch.compile`` (inductor) on the channels-last-3d model; its compilation happens
+in the untimed warm-up steps (``--warmup`` >= 1, the default).
 """
 
 from __future__ import annotations
@@ -45,10 +51,14 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int) -> dict:
+def worker(
+    name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int, threads: int
+) -> dict:
     """One configuration: returns clips/s and the peak memory a training step adds."""
     from nlvideo.models.stats import count_macs, count_params
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -57,11 +67,11 @@ def worker(name: str, variant: str, batch: int, frames: int, size: int, steps: i
     model = model.to(device).train()
     x = torch.randn(batch, 3, frames, size, size, device=device)
     y = torch.randint(0, 400, (batch,), device=device)
-    if variant == "channels_last":
+    if variant in ("channels_last", "compile"):
         model = model.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    step_model = torch.compile(model) if variant == "compile" else model
+    step_model = torch.compile(model, dynamic=False) if variant == "compile" else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16")
 
     def step() -> None:
@@ -98,6 +108,10 @@ def worker(name: str, variant: str, batch: int, frames: int, size: int, steps: i
     }
 
 
+def thread_label(threads: int) -> str:
+    return f"{threads} thr" if threads else "default thr"
+
+
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -111,7 +125,7 @@ def gemm_peak_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def run_isolated(args: argparse.Namespace, name: str, variant: str) -> dict:
+def run_isolated(args: argparse.Namespace, name: str, variant: str, threads: int) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -128,11 +142,14 @@ def run_isolated(args: argparse.Namespace, name: str, variant: str) -> dict:
         str(args.steps),
         "--warmup",
         str(args.warmup),
+        "--threads",
+        str(threads),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        return {"model": name, "variant": variant, "error": out.stderr.strip().splitlines()[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return {"model": name, "variant": variant, "threads": threads,
+                "error": out.stderr.strip().splitlines()[-1]}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "threads": threads}
 
 
 def main() -> None:
@@ -146,10 +163,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="torch.set_num_threads per worker (0: torch's default)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.batch, args.frames, args.size, args.steps, args.warmup)))
+        print(json.dumps(worker(*args.worker, args.batch, args.frames, args.size, args.steps, args.warmup,
+                                args.threads[0])))
         return
 
     device = (
@@ -160,45 +180,55 @@ def main() -> None:
     print(
         f"# bench_train: {args.frames}x{args.size}², batch {args.batch}, {args.steps} timed steps; {device}\n"
     )
-    rows = [run_isolated(args, m, v) for v in args.variants for m in args.models]
-    ref = {r["variant"]: r for r in rows if r["model"] == "ptv_i3d" and "error" not in r}
-    ours_i3d = {r["variant"]: r for r in rows if r["model"] == "i3d" and "error" not in r}
+    rows = [
+        run_isolated(args, m, v, t) for t in args.threads for v in args.variants for m in args.models
+    ]
+    for r in rows:  # "variant" in the tables: the variant, plus the thread count when several are run
+        several = len(args.threads) > 1
+        r["config"] = f"{r['variant']}, {thread_label(r['threads'])}" if several else r["variant"]
+    ref = {r["config"]: r for r in rows if r["model"] == "ptv_i3d" and "error" not in r}
+    ours_i3d = {r["config"]: r for r in rows if r["model"] == "i3d" and "error" not in r}
     print("| model | variant | params | GMACs/clip | step s | clips/s | vs PyTorchVideo i3d | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {r['variant']} | error: {r['error']} |||||")
+            print(f"| {r['model']} | {r['config']} | error: {r['error']} |||||")
             continue
-        peer = ref.get(r["variant"])
+        peer = ref.get(r["config"])
         ratio = f"{r['clips_s'] / peer['clips_s']:.2f}x" if peer else "—"
         print(
-            f"| {r['model']} | {r['variant']} | {r['params']:,} | {r['gmacs']:.1f} | {r['step_s']:.2f} "
+            f"| {r['model']} | {r['config']} | {r['params']:,} | {r['gmacs']:.1f} | {r['step_s']:.2f} "
             f"| {r['clips_s']:.2f} | {ratio} | {r['peak_mib']:.0f} |"
         )
 
     print("\nNL overhead (i3d_nl5 vs i3d, same variant): measured time ratio vs FLOP ratio")
     print("| variant | time ratio | FLOP ratio |\n|---|---|---|")
     for r in rows:
-        base = ours_i3d.get(r["variant"])
+        base = ours_i3d.get(r["config"])
         if r["model"] == "i3d_nl5" and "error" not in r and base:
             print(
-                f"| {r['variant']} | {r['step_s'] / base['step_s']:.2f} | {r['gmacs'] / base['gmacs']:.2f} |"
+                f"| {r['config']} | {r['step_s'] / base['step_s']:.2f} | {r['gmacs'] / base['gmacs']:.2f} |"
             )
 
     # Only the dtypes that were run: on CPUs without native bf16 a 4096² bf16 matmul takes minutes.
-    peaks = {"fp32": gemm_peak_gflops(torch.float32)}
-    if "bf16" in args.variants:
-        peaks["bf16"] = gemm_peak_gflops(torch.bfloat16)
-    measured = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    # One peak per thread count, measured with the same torch.set_num_threads as the rows it rates.
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if "bf16" in args.variants else {})}
+    default_threads = torch.get_num_threads()
+    peaks = {}
+    for t in args.threads:
+        torch.set_num_threads(t or default_threads)
+        for name, dtype in dtypes.items():
+            peaks[name, t] = gemm_peak_gflops(dtype)
+    torch.set_num_threads(default_threads)
+    measured = ", ".join(f"{k} {thread_label(t)} {v:.0f} GFLOP/s" for (k, t), v in peaks.items())
     print(f"\nMachine GEMM peak (4096² matmul): {measured}")
     print("| model | variant | achieved GFLOP/s | % of GEMM peak |\n|---|---|---|---|")
     for r in rows:
         if "error" not in r:
-            peak = peaks["bf16" if r["variant"] == "bf16" else "fp32"]
+            peak = peaks["bf16" if r["variant"] == "bf16" else "fp32", r["threads"]]
             print(
-                f"| {r['model']} | {r['variant']} | {r['gflops_s']:.0f} | {100 * r['gflops_s'] / peak:.0f}% |"
+                f"| {r['model']} | {r['config']} | {r['gflops_s']:.0f} | {100 * r['gflops_s'] / peak:.0f}% |"
             )
-
 
 if __name__ == "__main__":
     main()
