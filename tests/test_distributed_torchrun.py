@@ -18,7 +18,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
 
-COMMON = ["trainer.epochs=1", "trainer.eval_period=0", "model.dropout=0", "trainer.deterministic=false"]
+# 64 px crops (upsampled from the 64 px videos): per-process BN statistics over 2 clips then differ
+# from the 4-clip ones by up to 1.5 % in loss here; at the default 48 px crops by up to 2.3 %.
+COMMON = ["trainer.epochs=1", "trainer.eval_period=0", "model.dropout=0", "trainer.deterministic=false",
+          "data.train_jitter_scales=[64,72]", "data.train_crop_size=64"]
 
 
 def _losses(text: str) -> list[float]:
