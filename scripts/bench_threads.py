@@ -1,8 +1,8 @@
 """Thread settings of CPU training: torch intra-op threads x data-loader workers, through train.py.
 
 Each cell is a real ``train.py`` run on the built-in dataset (decode, transforms, forward, backward,
-SGD step) with ``OMP_NUM_THREADS`` set for the main process (loader workers always use one thread,
-``nlvideo.data.loader.seed_worker``). clips/s is the mean of the ``train/clips_per_s`` TensorBoard
+SGD step) with ``trainer.cpu_threads`` set for the main process (loader workers always use one
+thread, ``nlvideo.data.loader.seed_worker``). clips/s is the mean of the ``train/clips_per_s`` TensorBoard
 scalar after the first logging window (start-up and the first batches are not counted).
 
     python scripts/bench_threads.py                                   # both presets, ~6 min on 2 cores
@@ -35,11 +35,11 @@ PRESETS = {
 def clips_per_s(preset: str, threads: int, workers: int) -> float:
     """Mean training clips/s of one short run, first logging window excluded."""
     with tempfile.TemporaryDirectory(prefix="nlvideo_threads_") as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        cmd = [sys.executable, "train.py", *PRESETS[preset], f"data.num_workers={workers}",
+        cmd = [sys.executable, "train.py", *PRESETS[preset], f"trainer.cpu_threads={threads}",
+               f"data.num_workers={workers}",
                "trainer.eval_period=0", "trainer.checkpoint.every_iters=0", "trainer.progress=off",
                f"hydra.run.dir={tmp}"]
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
         series = load_run(find_event_dirs([Path(tmp)])[0]).series("train/clips_per_s")

@@ -227,8 +227,8 @@ def factor_accuracy(truth: Sequence[str], pred: Sequence[str]) -> dict[str, floa
     """Accuracy (%) of each factor from class names ``<colour>_<pair>``, as in ``predictions.csv``.
 
     The top-1 of a 4-class model mixes the two relations; this separates them, which is what tells
-    a baseline that only learned the within-frame ``pair`` relation (colour at chance, 50 %) from a
-    model that also relates the cue to the probe across time.
+    a model that only learned the within-frame ``pair`` relation from one that also relates the cue
+    to the probe across time (C2D cannot exceed 75 % on ``colour``; see the module docstring).
     """
     if len(truth) != len(pred) or not truth:
         raise ValueError(f"need one prediction per label, at least one (got {len(pred)} and {len(truth)})")
