@@ -99,14 +99,16 @@ def measure(
     return n / elapsed, first["clip"][:2], 1000 * cpu / n
 
 
-def cell(root: Path, a: argparse.Namespace, nf: int, sr: int, w: int, threads: int) -> tuple:
+def cell(
+    root: Path, nf: int, sr: int, w: int, threads: int, clips: int, batch: int, rounds: int
+) -> tuple:
     """One table row: best clips/s of each decoder over interleaved rounds, same clips."""
     best = {"decord": 0.0, "pyav": 0.0}
     cpu = {"decord": float("inf"), "pyav": float("inf")}
     first = {}
-    for _ in range(a.rounds):  # interleaved rounds, best of each: robust to other load
+    for _ in range(rounds):  # interleaved rounds, best of each: robust to other load
         for decoder in best:
-            rate, first[decoder], ms = measure(root, decoder, nf, sr, w, a.clips, a.batch_size, threads)
+            rate, first[decoder], ms = measure(root, decoder, nf, sr, w, clips, batch, threads)
             best[decoder] = max(best[decoder], rate)
             cpu[decoder] = min(cpu[decoder], ms)
     dec, pyav = best["decord"], best["pyav"]
@@ -142,7 +144,7 @@ def main() -> None:
         for nf, sr in ((8, 8), (32, 2)):
             for threads in a.decode_threads:
                 for w in a.workers:
-                    rows.append(cell(root, a, nf, sr, w, threads))
+                    rows.append(cell(root, nf, sr, w, threads, a.clips, a.batch_size, a.rounds))
     print()
     print(
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch threads 1 per process, "

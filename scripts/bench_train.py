@@ -183,8 +183,8 @@ def main() -> None:
     rows = [
         run_isolated(args, m, v, t) for t in args.threads for v in args.variants for m in args.models
     ]
-    for r in rows:  # "variant" in the tables: the variant, plus the thread count when several are run
-        several = len(args.threads) > 1
+    several = len(args.threads) > 1  # "variant" in the tables: plus the thread count when several are run
+    for r in rows:
         r["config"] = f"{r['variant']}, {thread_label(r['threads'])}" if several else r["variant"]
     ref = {r["config"]: r for r in rows if r["model"] == "ptv_i3d" and "error" not in r}
     ours_i3d = {r["config"]: r for r in rows if r["model"] == "i3d" and "error" not in r}
@@ -230,6 +230,7 @@ def main() -> None:
             print(
                 f"| {r['model']} | {r['config']} | {r['gflops_s']:.0f} | {100 * r['gflops_s'] / peak:.0f}% |"
             )
+
 
 if __name__ == "__main__":
     main()
