@@ -57,11 +57,13 @@ class Config:
     batch: int = 2
     dtype: str = "fp32"
     sub_sample: bool = True
+    channels_last: bool = False  # the trainer's default layout (trainer.channels_last)
 
     @property
     def label(self) -> str:
         ss = "sub" if self.sub_sample else "no-sub"
-        return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {self.dtype} {ss}"
+        cl = " channels-last" if self.channels_last else ""
+        return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {self.dtype} {ss}{cl}"
 
     def naive_map_bytes(self) -> int:
         """Size of the naive path's largest tensor (the map, or concatenation's (B, 2C', N, M) pairs)."""
@@ -75,9 +77,11 @@ class Config:
 
 QUICK = [
     Config("8x224² res3"),  # the target row
+    Config("8x224² res3", channels_last=True),
     Config("8x224² res3", sub_sample=False),
     Config("8x224² res3", batch=8),
     Config("8x224² res4"),
+    Config("8x224² res4", channels_last=True),
     Config("8x224² res4", batch=8, sub_sample=False),
     Config("32x224² (Table 1: T=8) res3"),
     Config("8x224² res3", instantiation="gaussian"),
@@ -90,10 +94,10 @@ QUICK = [
 def full_grid() -> list[Config]:
     shapes = ["8x224² res3", "8x224² res4", "32x224² (Table 1: T=8) res3", "32x224² (Table 1: T=8) res4"]
     return [
-        Config(s, i, b, d, ss)
-        for s, i, b, d, ss in itertools.product(
+        Config(s, i, b, d, ss, cl)
+        for s, i, b, d, ss, cl in itertools.product(
             shapes, ("gaussian", "embedded_gaussian", "dot_product", "concatenation"), (2, 8),
-            ("fp32", "bf16"), (True, False),
+            ("fp32", "bf16"), (True, False), (False, True),
         )
     ]
 
@@ -115,10 +119,11 @@ def build(cfg: Config, impl: str, device: str):  # noqa: ANN201
                 p.normal_(std=0.02)
             else:
                 p.normal_(std=0.01)
-    block = block.to(device=device, dtype=dtype).train()
-    x = torch.randn(cfg.batch, c, t, h, h, device=device, dtype=dtype, requires_grad=True)
-    gz = torch.randn(x.shape, device=device, dtype=dtype)
-    return block, x, gz
+    fmt = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    block = block.to(device=device, dtype=dtype, memory_format=fmt).train()
+    x = torch.randn(cfg.batch, c, t, h, h, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    gz = torch.randn(x.shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    return block, x.requires_grad_(), gz
 
 
 def rss_bytes() -> int:

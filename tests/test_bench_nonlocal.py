@@ -15,10 +15,10 @@ sys.modules["bench_nonlocal"] = bench  # dataclasses look their module up
 _SPEC.loader.exec_module(bench)
 
 
-@pytest.mark.parametrize("sub_sample", [True, False])
-def test_tiny_config_runs_both_paths_and_they_agree(tmp_path, monkeypatch, sub_sample):
+@pytest.mark.parametrize(("sub_sample", "channels_last"), [(True, False), (False, False), (True, True)])
+def test_tiny_config_runs_both_paths_and_they_agree(tmp_path, monkeypatch, sub_sample, channels_last):
     monkeypatch.setitem(bench.SHAPES, "tiny", (16, 2, 6))
-    cfg = bench.Config("tiny", sub_sample=sub_sample)
+    cfg = bench.Config("tiny", sub_sample=sub_sample, channels_last=channels_last)
     results = {}
     for impl in ("naive", "efficient"):
         q = queue.Queue()

@@ -59,16 +59,26 @@ def test_each_instantiation_equals_the_papers_formula_in_float64(instantiation, 
         torch.testing.assert_close(block(x)[:1], z_ref, rtol=1e-10, atol=1e-10)
 
 
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
-@pytest.mark.parametrize("dimension", [1, 2, 3])
-def test_efficient_path_equals_naive_path_fp32_forward_and_backward(instantiation, dimension):
+@pytest.mark.parametrize(("dimension", "layout"), [(1, "contiguous"), (2, "contiguous"), (3, "contiguous"),
+                                                   (2, "channels_last"), (3, "channels_last")])
+def test_efficient_path_equals_naive_path_fp32_forward_and_backward(instantiation, dimension, layout):
+    """Both storage layouts of the efficient path (channel-major, and position-major for channels-last)."""
     naive = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="naive"))
     fast = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="efficient"))
     fast.load_state_dict(naive.state_dict())
     x1 = torch.randn(SHAPES[dimension], requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_()
+    x2 = x1.detach().clone()
+    if layout == "channels_last":
+        x2 = x2.contiguous(memory_format=CHANNELS_LAST[dimension])
+    x2.requires_grad_()
     z1, z2 = naive(x1), fast(x2)
     torch.testing.assert_close(z2, z1, rtol=1e-5, atol=1e-5)
+    fmt = CHANNELS_LAST[dimension] if layout == "channels_last" else torch.contiguous_format
+    assert z2.is_contiguous(memory_format=fmt)  # the output keeps the input's layout: no conversions
     z1.square().sum().backward()
     z2.square().sum().backward()
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
@@ -161,8 +171,10 @@ def test_training_mode_running_stats_and_grads_match_naive(instantiation, moment
     fast.load_state_dict(naive.state_dict())
     for block in (naive, fast):
         block.W[1].momentum = momentum
-    for step in range(3):
+    for step in range(4):
         x = torch.randn(SHAPES[3], dtype=torch.float64) + step
+        if step % 2:  # the position-major (channels-last) path keeps the same statistics
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         z1, z2 = naive(x), fast(x)
         torch.testing.assert_close(z2, z1, rtol=1e-10, atol=1e-10)
     for name in ("running_mean", "running_var", "num_batches_tracked"):

@@ -25,10 +25,11 @@ Two computation paths give the same result (tested to 1e-5 in fp32):
   on CUDA (and under autocast) ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors
   (flash / memory-efficient kernels); on CPU in fp32, where SDPA's training path materialises the
   map like the naive one, a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
-  query chunks, scores recomputed in backward) with channel-major GEMM projections, a max-pool
-  that saves only int32 indices and a fused W_z + BN + residual (``_LeanBNResidual``), which
-  together save about half the activations of the naive path for backward at the same speed
-  (``scripts/bench_nonlocal.py``).
+  query chunks, scores recomputed in backward) with the 1x1 convs as GEMMs on the input's own
+  storage (channel-major for a contiguous input, position-major for a channels-last one, so the
+  trainer's channels-last models pay no layout conversion), a max-pool that saves only int32
+  indices and a fused W_z + BN + residual (``_LeanBNResidual``), which together save about half
+  the activations of the naive path for backward at about its speed (``scripts/bench_nonlocal.py``).
 
 ``impl="auto"`` uses the efficient path except when the attention map is requested.
 """
@@ -190,75 +191,63 @@ class NonLocalBlock(nn.Module):
         a, b = self._concat_terms(theta, phi)
         return F.relu(a[:, :, None] + b[:, None, :]) @ g / m
 
-    # ---- the efficient path: channel-major (B, C, N) matrices end to end, no transposed copies ----
-
-    @staticmethod
-    def _conv_weight(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return conv.weight.flatten(1), conv.bias  # a 1x1 conv is a (C_out, C_in) matrix
-
-    def _project(self, x2: torch.Tensor, convs: list[nn.Module]) -> torch.Tensor:
-        """Several 1x1 convs of x2 (B, C, N) as one GEMM: (B, sum C_out, N)."""
-        ws, bs = zip(*(self._conv_weight(c) for c in convs), strict=True)
-        w = ws[0] if len(ws) == 1 else torch.cat(ws)
-        w = w.to(x2.dtype).expand(x2.shape[0], *w.shape)  # bmm on the contiguous input: no copy of x
-        if all(bias is not None for bias in bs):
-            bias = bs[0] if len(bs) == 1 else torch.cat(bs)
-            return torch.baddbmm(bias.to(x2.dtype)[:, None], w, x2)
-        return torch.bmm(w, x2)
-
-    def _pool(self, t: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
-        """Sub-sampling max-pool of a (B, K, N) matrix; returns (B, K, M). Saves int32 indices only."""
-        pool = self.phi[1] if isinstance(self.phi, nn.Sequential) else self.phi
-        out = _MaxPoolLean.apply(t.reshape(*t.shape[:2], *spatial), pool)
-        return out.flatten(2)
+    # ---- the efficient path: (B, N, K) matrices whose storage follows the input's memory format ----
+    #
+    # Every tensor below is a logical position-major matrix (B, N, K). For a contiguous (channel-major)
+    # input it is a transposed view of a (B, K, N) storage; for a channels-last input, which is
+    # (B, T, H, W, C) in memory, it is contiguous. The GEMMs read either without copies (BLAS transpose
+    # flags), so neither layout pays a conversion on the way in or out of the block.
 
     def _forward_efficient(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
         spatial = tuple(x.shape[2:])
-        x2 = x.reshape(b, c, -1)  # (B, C, N): a view of a contiguous input
+        pm = _is_channels_last(x)
+        if not pm:
+            x = x.contiguous()
+        xm = x.flatten(2).transpose(1, 2)  # (B, N, C): a view in both layouts
         ci = self.inter_channels
         embedded = self.instantiation != "gaussian"
         g_conv = self.g[0] if self.sub_sample else self.g
         if embedded:
             phi_conv = self.phi[0] if self.sub_sample else self.phi
-            theta = self._project(x2, [self.theta])
-            phig = self._project(x2, [phi_conv, g_conv])  # phi and g: one GEMM, one pool
+            theta = _linear(xm, *_conv_weight(self.theta), pm)
+            phig = _linear(xm, *_cat_weights(phi_conv, g_conv), pm)  # phi and g: one GEMM, one pool
             if self.sub_sample:
-                phig = self._pool(phig, spatial)
-            phi, g = phig[:, :ci], phig[:, ci:]
+                phig = _MaxPoolLean.apply(phig, spatial, self._pool_module())
+            phi, g = phig[..., :ci], phig[..., ci:]
         else:  # gaussian: theta = x, phi = pooled x
-            theta = x2
-            phi = self._pool(x2, spatial) if self.sub_sample else x2
-            g = self._project(x2, [g_conv])
+            theta = xm
+            phi = _MaxPoolLean.apply(xm, spatial, self._pool_module()) if self.sub_sample else xm
+            g = _linear(xm, *_conv_weight(g_conv), pm)
             if self.sub_sample:
-                g = self._pool(g, spatial)
-        m = phi.shape[2]
+                g = _MaxPoolLean.apply(g, spatial, self._pool_module())
+        m = phi.shape[1]
         if self.instantiation in ("gaussian", "embedded_gaussian"):
             s = ci**-0.5 if self.scale else None
-            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s)  # (B, C', N)
+            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s)  # (B, N, C')
         elif self.instantiation == "dot_product":
-            n = theta.shape[2]
-            if (n + m) * ci < 2 * n * m:  # (g phi^T) theta: (N+M) C'^2 MACs vs 2 N M C'
-                y = torch.matmul(torch.matmul(g, phi.transpose(1, 2)), theta) / m
+            n = theta.shape[1]
+            if (n + m) * ci < 2 * n * m:  # theta (phi^T g): (N+M) C'^2 MACs vs 2 N M C'
+                y = torch.matmul(theta, torch.matmul(phi.transpose(1, 2), g)) / m
             else:
-                y = torch.matmul(g, torch.matmul(phi.transpose(1, 2), theta)) / m
+                y = torch.matmul(torch.matmul(theta, phi.transpose(1, 2)), g) / m
         else:
-            w = self.concat_project[0].weight.flatten()
-            a = torch.matmul(w[:ci], theta)  # (B, N)
-            bj = torch.matmul(w[ci:], phi)  # (B, M)
-            y = torch.matmul(g, F.relu(bj[:, :, None] + a[:, None, :])) / m  # (C',M)@(M,N)
-        return self._output(y, x, x2)
+            a, bj = self._concat_terms(theta, phi)  # (B, N), (B, M)
+            y = torch.matmul(F.relu(a[:, :, None] + bj[:, None, :]), g) / m
+        return self._output(y, xm, pm).transpose(1, 2).unflatten(2, spatial)
 
-    def _output(self, y: torch.Tensor, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """z = BN(W_z y) + x with W_z as a GEMM; the BN form recomputes W_z y in backward."""
+    def _pool_module(self) -> nn.Module:
+        return self.phi[1] if isinstance(self.phi, nn.Sequential) else self.phi
+
+    def _output(self, y: torch.Tensor, xm: torch.Tensor, pm: bool) -> torch.Tensor:
+        """z = BN(W_z y) + x as (B, N, C) in x's layout; the BN form recomputes W_z y in backward."""
         if isinstance(self.W, nn.Sequential):
             conv, bn = self.W
             if _LeanBNResidual.supports(bn):
-                w, bias = self._conv_weight(conv)
-                z = _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, x2, bn)
-                return z.view(x.shape)
-            return bn(self._project(y, [conv]).view(x.shape)) + x
-        return (self._project(y, [self.W]) + x2).view(x.shape)
+                w, bias = _conv_weight(conv)
+                return _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, xm, bn, pm)
+            wy = _linear(y, *_conv_weight(conv), pm)
+            return bn(wy.transpose(1, 2)).transpose(1, 2) + xm
+        return _linear(y, *_conv_weight(self.W), pm) + xm
 
     def forward(
         self, x: torch.Tensor, return_nl_map: bool = False
@@ -286,32 +275,70 @@ class NonLocalBlock(nn.Module):
         return (z, nl_map) if return_nl_map else z
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D/5-D channels-last input that is not also plain contiguous (C == 1 or N == 1)."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def _conv_weight(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return conv.weight.flatten(1), conv.bias  # a 1x1 conv is a (C_out, C_in) matrix
+
+
+def _cat_weights(*convs: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Several 1x1 convs of the same input as one (sum C_out, C_in) matrix: one GEMM instead of several."""
+    ws, bs = zip(*(_conv_weight(c) for c in convs), strict=True)
+    bias = torch.cat(bs) if all(b is not None for b in bs) else None
+    return torch.cat(ws), bias
+
+
+def _new(b: int, n: int, k: int, like: torch.Tensor, pm: bool) -> torch.Tensor:
+    """An uninitialised (B, N, K) matrix stored position-major (pm) or as a (B, K, N) transposed view."""
+    return like.new_empty(b, n, k) if pm else like.new_empty(b, k, n).transpose(1, 2)
+
+
+def _linear(t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pm: bool) -> torch.Tensor:
+    """t @ w^T + bias for a (B, N, K) matrix t, stored position-major (pm) or channel-major: one GEMM."""
+    b, n, _ = t.shape
+    w = w.to(t.dtype)
+    bias = None if bias is None else bias.to(t.dtype)
+    if pm:  # (B*N, K) @ (K, K_out): a view of the channels-last storage
+        flat = t.reshape(b * n, t.shape[2])
+        out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias, flat, w.t())
+        return out.view(b, n, w.shape[0])
+    w, tk = w.expand(b, *w.shape), t.transpose(1, 2)  # (B, K_out, K) @ (B, K, N): no copy of t
+    out = torch.bmm(w, tk) if bias is None else torch.baddbmm(bias[:, None], w, tk)
+    return out.transpose(1, 2)
+
+
 def _chunk_rows(n: int, m: int, itemsize: int) -> int:
     """Queries per chunk: an (n_c x M) score block of about 4 MiB (fits the L3 cache)."""
     return max(32, min(n, (1 << 22) // max(1, m * itemsize)))
 
 
 class _ChunkedSoftmaxAttention(torch.autograd.Function):
-    """y = g softmax(s theta^T phi)^T on channel-major (B, d, N), (B, d, M), (B, C', M) matrices.
+    """y = softmax(s theta phi^T) g for (B, N, d), (B, M, d), (B, M, C') matrices; y is (B, N, C').
 
     Flash-attention style on CPU: the queries are processed in chunks so the (N x M) map never exists
     whole; backward recomputes each chunk's scores and softmax instead of saving them, so the saved
     activations are theta, phi, g (O(N d)) instead of the O(N M) map. Each chunk's arithmetic is the
-    naive path's (mm, softmax, mm; softmax backward), hence equal to it to rounding.
+    naive path's (mm, softmax, mm; softmax backward), hence equal to it to rounding. Outputs and
+    gradients are stored like theta (position-major or channel-major).
     """
 
     @staticmethod
     def forward(ctx, theta, phi, g, scale):  # noqa: ANN001, ANN205
-        b, _, n = theta.shape
-        y = g.new_empty(b, g.shape[1], n)
-        rows = _chunk_rows(n, phi.shape[2], theta.element_size())
+        b, n, _ = theta.shape
+        pm = theta.stride(2) == 1
+        y = _new(b, n, g.shape[2], g, pm)
+        rows = _chunk_rows(n, phi.shape[1], theta.element_size())
         for i in range(b):
             for r in range(0, n, rows):
-                s = torch.mm(theta[i, :, r : r + rows].t(), phi[i])
+                s = torch.mm(theta[i, r : r + rows], phi[i].t())
                 if scale is not None:
                     s.mul_(scale)
                 p = torch.softmax(s, dim=1)
-                torch.mm(g[i], p.t(), out=y[i, :, r : r + rows])
+                torch.mm(p, g[i], out=y[i, r : r + rows])
         ctx.save_for_backward(theta, phi, g)
         ctx.scale = scale
         return y
@@ -320,54 +347,62 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     def backward(ctx, dy):  # noqa: ANN001, ANN205
         theta, phi, g = ctx.saved_tensors
         scale = ctx.scale
-        b, _, n = theta.shape
-        dtheta, dphi, dg = torch.empty_like(theta), torch.zeros_like(phi), torch.zeros_like(g)
-        rows = _chunk_rows(n, phi.shape[2], theta.element_size())
+        b, n, _ = theta.shape
+        pm = theta.stride(2) == 1
+        dtheta = _new(b, n, theta.shape[2], theta, pm)
+        dphi = _new(b, phi.shape[1], phi.shape[2], phi, pm).zero_()
+        dg = _new(b, g.shape[1], g.shape[2], g, pm).zero_()
+        rows = _chunk_rows(n, phi.shape[1], theta.element_size())
         for i in range(b):
             for r in range(0, n, rows):
-                th = theta[i, :, r : r + rows]
-                dyc = dy[i, :, r : r + rows]
-                s = torch.mm(th.t(), phi[i])
+                th = theta[i, r : r + rows]
+                dyc = dy[i, r : r + rows]
+                s = torch.mm(th, phi[i].t())
                 if scale is not None:
                     s.mul_(scale)
                 p = torch.softmax(s, dim=1)
-                dp = torch.mm(dyc.t(), g[i])  # (n_c, M)
-                dg[i].addmm_(dyc, p)
+                dp = torch.mm(dyc, g[i].t())  # (n_c, M)
+                dg[i].addmm_(p.t(), dyc)
                 ds = torch._softmax_backward_data(dp, p, 1, p.dtype)
                 if scale is not None:
                     ds.mul_(scale)
-                torch.mm(phi[i], ds.t(), out=dtheta[i, :, r : r + rows])
-                dphi[i].addmm_(th, ds)
+                torch.mm(ds, phi[i], out=dtheta[i, r : r + rows])
+                dphi[i].addmm_(ds.t(), th)
         return dtheta, dphi, dg, None
 
 
 class _MaxPoolLean(torch.autograd.Function):
-    """The block's max-pool, saving int32 arg-max indices only (autograd's saves the input too)."""
+    """The block's max-pool of a (B, N, K) matrix over its spatial shape, saving int32 indices only.
+
+    The matrix is pooled as the (B, K, *spatial) tensor it is a view of (channels-last when stored
+    position-major), so no layout conversion happens; autograd's max-pool would also save the input.
+    """
 
     @staticmethod
-    def forward(ctx, x, pool):  # noqa: ANN001, ANN205
-        fn = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[x.dim()]
-        out, idx = fn(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
-        ctx.save_for_backward(idx.to(torch.int32))
-        ctx.in_shape = x.shape
-        return out
+    def forward(ctx, t, spatial, pool):  # noqa: ANN001, ANN205
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(spatial)]
+        t5 = t.transpose(1, 2).unflatten(2, spatial)
+        out, idx = fn(t5, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
+        ctx.save_for_backward(idx.flatten(2).transpose(1, 2).to(torch.int32))
+        ctx.pm, ctx.n = t.stride(2) == 1, t.shape[1]
+        return out.flatten(2).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, dout):  # noqa: ANN001, ANN205
         (idx,) = ctx.saved_tensors
-        shape = ctx.in_shape
-        dx = dout.new_zeros(*shape[:2], shape[2:].numel())
-        dx.scatter_(2, idx.flatten(2).long(), dout.flatten(2))  # pooling windows do not overlap
-        return dx.view(shape), None
+        b, _, k = idx.shape
+        dt = _new(b, ctx.n, k, dout, ctx.pm).zero_()
+        dt.scatter_(1, idx.long(), dout)  # pooling windows do not overlap
+        return dt, None, None
 
 
 class _LeanBNResidual(torch.autograd.Function):
-    """z = BN(W y + b) + x for (B, C', N) y and (B, C, N) x, BN being a BatchNorm module.
+    """z = BN(y W^T + b) + x for (B, N, C') y and (B, N, C) x, BN being a BatchNorm module.
 
     Saves y (already saved by the attention) and the BN statistics, not W y (C/C' = 2 times larger):
     backward recomputes it with one GEMM. The BN output is written over W y in place and the
-    residual added in place, so the forward allocates one (B, C, N) tensor, the output. Statistics,
-    running-stat updates and the backward are ATen's own batch-norm kernels.
+    residual added in place, so the forward allocates one (B, N, C) matrix, the output, stored like
+    x. Statistics, running-stat updates and the backward are ATen's own batch-norm kernels.
     """
 
     @staticmethod
@@ -378,57 +413,55 @@ class _LeanBNResidual(torch.autograd.Function):
         return plain and bn.affine and (bn.track_running_stats or bn.training)
 
     @staticmethod
-    def forward(ctx, y, w, bias, gamma, beta, x2, bn):  # noqa: ANN001, ANN205
-        wy = _linear(w, bias, y)
+    def forward(ctx, y, w, bias, gamma, beta, xm, bn, pm):  # noqa: ANN001, ANN205
+        wy = _linear(y, w, bias, pm)
         training = bn.training or bn.running_mean is None
         momentum = 0.0 if bn.momentum is None else bn.momentum
         if bn.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
-        if training:
-            mean, invstd = torch.batch_norm_stats(wy, bn.eps) if wy.is_cuda else _bn_stats(wy, bn.eps)
-            if bn.running_mean is not None and bn.training:
-                cnt = wy.numel() // wy.shape[1]
-                with torch.no_grad():
-                    var_unbiased = (1.0 / invstd.double().square() - bn.eps) * cnt / max(cnt - 1, 1)
-                    bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
-                    bn.running_var.mul_(1 - momentum).add_(
-                        var_unbiased.to(bn.running_var.dtype), alpha=momentum
-                    )
-        else:
-            mean = bn.running_mean.to(wy.dtype)
-            invstd = torch.rsqrt(bn.running_var.to(wy.dtype) + bn.eps)
-        k = (gamma * invstd).to(wy.dtype)
-        wy.sub_(mean[:, None].to(wy.dtype)).mul_(k[:, None]).add_(beta[:, None].to(wy.dtype)).add_(x2)
+        running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+        z, mean, invstd = torch.native_batch_norm(  # updates the running statistics as nn.BatchNorm
+            _bn_view(wy, pm), gamma, beta, *running, training, momentum, bn.eps
+        )
+        del wy
+        z = _from_bn_view(z).add_(xm)
         ctx.save_for_backward(y, w, bias, gamma, mean, invstd)
-        ctx.training, ctx.eps, ctx.bn = training, bn.eps, bn
-        return wy
+        ctx.training, ctx.eps, ctx.bn, ctx.pm = training, bn.eps, bn, pm
+        return z
 
     @staticmethod
     def backward(ctx, dz):  # noqa: ANN001, ANN205
         y, w, bias, gamma, mean, invstd = ctx.saved_tensors
-        wy = _linear(w, bias, y)
+        pm = ctx.pm
+        wy = _linear(y, w, bias, pm)
         bn = ctx.bn
         rm, rv = (None, None) if ctx.training else (bn.running_mean, bn.running_var)
         sm, si = (mean, invstd) if ctx.training else (None, None)
+        dz = dz.contiguous() if pm else dz.transpose(1, 2).contiguous().transpose(1, 2)
         dwy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            dz.contiguous(), wy, gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True, True, True]
+            _bn_view(dz, pm), _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True] * 3
         )
         del wy
-        dy = torch.bmm(w.t().expand(dwy.shape[0], *w.t().shape), dwy)
-        dw = torch.bmm(dwy, y.transpose(1, 2)).sum(0)
-        dbias = dwy.sum((0, 2)) if bias is not None else None
-        return dy, dw, dbias, dgamma, dbeta, dz, None
+        dwy = _from_bn_view(dwy)
+        dy = _linear(dwy, w.t(), None, pm)
+        if pm:
+            dw = torch.mm(dwy.reshape(-1, dwy.shape[2]).t(), y.reshape(-1, y.shape[2]))
+        else:
+            dw = torch.bmm(dwy.transpose(1, 2), y).sum(0)
+        dbias = dwy.sum((0, 1)) if bias is not None else None
+        return dy, dw, dbias, dgamma, dbeta, dz, None, None
 
 
-def _linear(w: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-    """w @ y[b] + bias for each b of a (B, C_in, N) tensor: one bmm, no copies of y."""
-    w = w.expand(y.shape[0], *w.shape)
-    return torch.bmm(w, y) if bias is None else torch.baddbmm(bias[:, None], w, y)
+def _bn_view(t: torch.Tensor, pm: bool) -> torch.Tensor:
+    """A (B, N, C) matrix as the (B, C, ...) tensor ATen's batch norm takes, without a copy.
+
+    Position-major storage becomes a channels-last (B, C, N, 1) view (ATen has fast channels-last
+    batch-norm kernels for 4-D/5-D tensors only); channel-major storage a contiguous (B, C, N).
+    """
+    return t.transpose(1, 2)[..., None] if pm else t.transpose(1, 2)
 
 
-def _bn_stats(t: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and 1/sqrt(biased var + eps) of a (B, C, N) tensor, as ATen's batch norm."""
-    var, mean = torch.var_mean(t, dim=(0, 2), correction=0)
-    return mean, torch.rsqrt(var + eps)
+def _from_bn_view(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(2).transpose(1, 2)
