@@ -189,3 +189,23 @@ def test_sync_batchnorm_keeps_its_own_forward():
 
     assert not _LeanBNResidual.supports(block.W[1])
     assert _LeanBNResidual.supports(NonLocalBlock(8).W[1])
+
+
+def test_peaked_softmax_leaves_no_subnormal_weights_and_matches_naive():
+    """Subnormal attention weights make x86 GEMMs ~100x slower; the efficient path flushes them."""
+    from nlvideo.models.nonlocal_block import _probs
+
+    torch.manual_seed(0)
+    block = NonLocalBlock(64, instantiation="gaussian", impl="naive")
+    nn.init.normal_(block.W[1].weight)
+    x = torch.randn(1, 64, 2, 8, 8) * 2  # unscaled x_i^T x_j of 64 channels: a very peaked softmax
+    z_naive, attn = block(x, return_nl_map=True)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((attn > 0) & (attn < tiny)).any()  # the naive map does hold subnormals here
+    theta = x.flatten(2).transpose(1, 2)[0]
+    phi = block.phi(x).flatten(2).transpose(1, 2)[0]
+    p = _probs(theta, phi, None)
+    assert not ((p > 0) & (p < 1e-30)).any()
+    torch.testing.assert_close(p, attn[0], rtol=1e-5, atol=1e-30)
+    block.impl = "efficient"
+    torch.testing.assert_close(block(x), z_naive, rtol=1e-5, atol=1e-5)
