@@ -20,7 +20,7 @@ def synthetic_root(tmp_path_factory) -> Path:
     from nlvideo.data.synthetic import ensure_synthetic
 
     return ensure_synthetic(
-        tmp_path_factory.mktemp("nlvideo_data") / "synthetic_v1", workers=1, **SMALL_SYNTHETIC
+        tmp_path_factory.mktemp("nlvideo_data") / "synthetic", workers=1, **SMALL_SYNTHETIC
     )
 
 
