@@ -1,5 +1,6 @@
 """C2D/I3D ResNets: configs, NL placement, parameter counts against independent references, inflation."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,26 @@ def test_inflating_mismatched_weights_names_the_key():
 def test_missing_pretrained_file_is_named():
     with pytest.raises(FileNotFoundError, match="model.pretrained='/no/such.pth'"):
         build_video_resnet(name="s", arch="c2d", num_classes=4, width=4, pretrained="/no/such.pth")
+
+
+def test_channels_last_model_matches_contiguous_model_in_training():
+    """The trainer's default layout (channels-last-3d) runs the NL blocks on position-major storage:
+    same logits, input gradient and NL parameter gradients as the contiguous model, BN in training."""
+    torch.manual_seed(0)
+    nl = {"positions": {"res3": [1], "res4": [1]}}
+    model = build_video_resnet(name="x", arch="i3d", num_classes=3, width=4, dropout=0.0, **{"nonlocal": nl})
+    model.train()
+    for _, block in model.nonlocal_blocks():
+        nn.init.normal_(block.W[1].weight)
+    twin = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 3, 8, 64, 64)
+    x_cl = x.clone().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    x.requires_grad_()
+    out, out_cl = model(x), twin(x_cl)
+    torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    out_cl.square().sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad, rtol=1e-3, atol=1e-5)
+    for (name, p), p_cl in zip(model.named_parameters(), twin.parameters(), strict=True):
+        if ".nl" in name:
+            torch.testing.assert_close(p_cl.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
