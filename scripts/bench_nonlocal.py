@@ -20,6 +20,12 @@ training mode. max|diff| is max |z_naive - z_ours| over the output of the first 
 
     python scripts/bench_nonlocal.py            # --quick: the key rows, including the target row
     python scripts/bench_nonlocal.py --full     # the whole grid (hours on 2 CPU cores)
+    python scripts/bench_nonlocal.py --device cuda --max-batch --full --only "(Table 1: T=8) res3 emb-gauss"
+    python scripts/bench_nonlocal.py --max-batch --shape 512,8,28 --memory-gib 4   # CPU: a memory budget
+
+``--max-batch`` reports the largest batch whose forward + backward fits, for both paths: on CUDA
+until ``torch.cuda.OutOfMemoryError`` (each probe in a fresh process, so a failed one leaves
+nothing behind), on CPU until the peak activation memory exceeds ``--memory-gib``.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import dataclasses
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,9 +73,17 @@ class Config:
         cl = " channels-last" if self.channels_last else ""
         return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {self.dtype} {ss}{cl}"
 
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(C, T, H=W) of a named shape, or of a ``--shape C,T,H`` one (labelled "C,T,H")."""
+        if self.shape in SHAPES:
+            return SHAPES[self.shape]
+        c, t, h = (int(v) for v in self.shape.split(","))
+        return c, t, h
+
     def naive_map_bytes(self) -> int:
         """Size of the naive path's largest tensor (the map, or concatenation's (B, 2C', N, M) pairs)."""
-        c, t, h = SHAPES[self.shape]
+        c, t, h = self.dims
         n = t * h * h
         m = t * (h // 2) ** 2 if self.sub_sample else n
         size = 2 if self.dtype == "bf16" else 4
@@ -108,7 +124,7 @@ def build(cfg: Config, impl: str, device: str):  # noqa: ANN201
     from nlvideo.models import NonLocalBlock
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
-    c, t, h = SHAPES[cfg.shape]
+    c, t, h = cfg.dims
     torch.manual_seed(0)
     block = NonLocalBlock(c, instantiation=cfg.instantiation, sub_sample=cfg.sub_sample, impl=impl)
     with torch.no_grad():
@@ -132,14 +148,23 @@ def rss_bytes() -> int:
 
 
 def child(cfg: Config, impl: str, device: str, repeat: int, warmup: int, threads: int, dump: str, q) -> None:
-    import resource
-
     import torch
 
     import nlvideo  # noqa: F401  (compat shim first)
 
     if threads:
         torch.set_num_threads(threads)
+    try:
+        measure(cfg, impl, device, repeat, warmup, dump, q)
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:  # --max-batch probes past the limit
+        q.put({"oom": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+
+
+def measure(cfg: Config, impl: str, device: str, repeat: int, warmup: int, dump: str, q) -> None:
+    import resource
+
+    import torch
+
     block, x, gz = build(cfg, impl, device)
     cuda = device.startswith("cuda")
 
@@ -196,19 +221,62 @@ def saved_bytes(block, x) -> int:  # noqa: ANN001
 
 
 def run_one(cfg: Config, impl: str, args: argparse.Namespace, dump: str) -> dict | None:
+    """One configuration in a fresh process: its result dict, or None if it crashed or timed out."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     repeat = max(1, args.repeat // 3) if cfg.dtype == "bf16" and args.device == "cpu" else args.repeat
     p = ctx.Process(target=child, args=(cfg, impl, args.device, repeat, args.warmup, args.threads, dump, q))
     p.start()
-    try:
-        res = q.get(timeout=args.timeout)
-    except Exception:  # noqa: BLE001  (queue.Empty, or the child died)
-        res = None
+    res, deadline = None, time.monotonic() + args.timeout
+    while res is None and time.monotonic() < deadline:
+        try:
+            res = q.get(timeout=1.0)
+        except queue.Empty:
+            if not p.is_alive():  # killed (e.g. by the kernel's OOM killer) or crashed
+                break
     p.join(timeout=30)
     if p.is_alive():
         p.kill()
     return res
+
+
+def largest_fitting(fits: Callable[[int], bool], cap: int) -> int:
+    """The largest batch in [1, cap] for which ``fits`` holds (0 if none), assuming it is monotone:
+    doubling until the first failure, then bisection between the last success and it."""
+    lo, hi = 0, 1
+    while hi <= cap and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap + 1)  # fits(hi) is False, or hi is past the cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def max_batch_table(configs: list[Config], args: argparse.Namespace, tmp: str) -> None:
+    """Largest batch whose forward + backward fits: on CUDA until out of memory (or over
+    ``--memory-gib``), on CPU until the step's peak activation memory exceeds ``--memory-gib``."""
+    budget = args.memory_gib * 1024**3 if args.memory_gib else None
+    probe_args = argparse.Namespace(**{**vars(args), "repeat": 1, "warmup": 0})
+    limit = f"peak activation memory <= {args.memory_gib:g} GiB" if budget else "until out of memory"
+    print(f"Largest batch that fits ({limit}; batch sizes probed up to {args.max_batch_cap})\n")
+    print("| config | naive max batch | ours max batch | ours / naive |")
+    print("|---|---:|---:|---:|")
+    for cfg in configs:
+        best = {}
+        for impl in ("naive", "efficient"):
+
+            def fits(batch: int, impl: str = impl, cfg: Config = cfg) -> bool:
+                probe = dataclasses.replace(cfg, batch=batch)
+                res = run_one(probe, impl, probe_args, os.path.join(tmp, "p.pt"))
+                ok = res is not None and "oom" not in res and (budget is None or res["peak"] <= budget)
+                print(f"<!-- {impl} batch {batch}: {'fits' if ok else 'does not fit'} -->", file=sys.stderr)
+                return ok
+
+            best[impl] = largest_fitting(fits, args.max_batch_cap)
+        ratio = f"{best['efficient'] / best['naive']:.2f}x" if best["naive"] else "—"
+        label = cfg.label.replace(f" B={cfg.batch}", "")
+        print(f"| {label} | {best['naive']} | {best['efficient']} | {ratio} |", flush=True)
 
 
 def compare(naive_dump: str, ours_dump: str) -> dict[str, float]:
@@ -241,11 +309,23 @@ def main() -> None:
     ap.add_argument("--max-naive-gib", type=float, default=6.0, help="skip naive runs whose map exceeds this")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     ap.add_argument("--malloc-default", action="store_true", help="keep glibc's dynamic mmap threshold")
+    ap.add_argument("--shape", help="C,T,H: one custom shape (emb. gaussian, B=2, fp32) instead of the grid")
+    ap.add_argument("--max-batch", action="store_true",
+                    help="instead of timing: the largest batch that fits, naive vs ours")
+    ap.add_argument("--memory-gib", type=float, default=0.0,
+                    help="--max-batch limit on the step's peak activation memory (required on CPU)")
+    ap.add_argument("--max-batch-cap", type=int, default=1024, help="--max-batch probes at most this batch")
     args = ap.parse_args()
+    if args.max_batch and args.device == "cpu" and not args.memory_gib:
+        ap.error("--max-batch on CPU needs --memory-gib (the process would be OOM-killed, not told)")
     if args.device == "cpu" and not args.malloc_default:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # inherited by the spawned children
-    configs = full_grid() if args.full else QUICK
+    configs = [Config(args.shape)] if args.shape else full_grid() if args.full else QUICK
     configs = [c for c in configs if args.only in c.label]
+    if args.max_batch:
+        with tempfile.TemporaryDirectory() as tmp:
+            max_batch_table(configs, args, tmp)
+        return
 
     import torch
 

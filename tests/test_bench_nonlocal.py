@@ -29,3 +29,30 @@ def test_tiny_config_runs_both_paths_and_they_agree(tmp_path, monkeypatch, sub_s
     d = bench.compare(str(tmp_path / "naive.pt"), str(tmp_path / "efficient.pt"))
     assert d["z"] <= 1e-5 and d["dx_rel"] <= 1e-5, d
     assert cfg.naive_map_bytes() == 2 * 72 * (18 if sub_sample else 72) * 4  # B N M fp32
+
+
+@pytest.mark.parametrize(("limit", "cap"), [(0, 64), (1, 64), (5, 64), (37, 64), (64, 64), (100, 64), (6, 6)])
+def test_largest_fitting_batch_search(limit, cap):
+    """Doubling then bisection finds the last batch that fits, probing O(log cap) batches."""
+    probed = []
+
+    def fits(batch: int) -> bool:
+        probed.append(batch)
+        return batch <= limit
+
+    assert bench.largest_fitting(fits, cap) == min(limit, cap)
+    assert max(probed) <= cap and len(probed) <= 2 * cap.bit_length() + 1
+
+
+def test_a_crashing_child_is_reported_at_once_not_after_the_timeout(tmp_path, monkeypatch, capfd):
+    """An out-of-memory probe can be killed outright; the parent must not wait out --timeout."""
+    import argparse
+    import time
+
+    monkeypatch.syspath_prepend(str(Path(bench.__file__).parent))  # the spawned child imports the script
+    cfg = bench.Config("16,2,6", instantiation="no_such_function")  # the child raises in build()
+    args = argparse.Namespace(repeat=1, warmup=0, threads=1, device="cpu", timeout=600.0)
+    start = time.monotonic()
+    assert bench.run_one(cfg, "efficient", args, str(tmp_path / "x.pt")) is None
+    assert time.monotonic() - start < 60
+    assert "unknown instantiation 'no_such_function'" in capfd.readouterr().err  # died where meant to
