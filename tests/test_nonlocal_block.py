@@ -209,3 +209,18 @@ def test_peaked_softmax_leaves_no_subnormal_weights_and_matches_naive():
     torch.testing.assert_close(p, attn[0], rtol=1e-5, atol=1e-30)
     block.impl = "efficient"
     torch.testing.assert_close(block(x), z_naive, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bn_that_the_fused_kernel_does_not_take_runs_as_its_module(channels_last):
+    """A BN the fused kernel cannot replace (here non-affine; SyncBatchNorm under DDP) is called as
+    the module, on the (B, C, T, H, W) tensor a BatchNorm3d insists on, in either layout."""
+    naive = randomise(NonLocalBlock(8, impl="naive"))
+    naive.W[1] = nn.BatchNorm3d(8, affine=False)
+    fast = randomise(NonLocalBlock(8, impl="efficient"))
+    fast.W[1] = nn.BatchNorm3d(8, affine=False)
+    fast.load_state_dict(naive.state_dict())
+    naive.train(), fast.train()
+    x = torch.randn(SHAPES[3])
+    x_fast = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+    torch.testing.assert_close(fast(x_fast), naive(x), rtol=1e-5, atol=1e-5)

@@ -233,21 +233,24 @@ class NonLocalBlock(nn.Module):
         else:
             a, bj = self._concat_terms(theta, phi)  # (B, N), (B, M)
             y = torch.matmul(F.relu(a[:, :, None] + bj[:, None, :]), g) / m
-        return self._output(y, xm, pm).transpose(1, 2).unflatten(2, spatial)
+        return self._output(y, xm, pm, spatial)
 
     def _pool_module(self) -> nn.Module:
         return self.phi[1] if isinstance(self.phi, nn.Sequential) else self.phi
 
-    def _output(self, y: torch.Tensor, xm: torch.Tensor, pm: bool) -> torch.Tensor:
-        """z = BN(W_z y) + x as (B, N, C) in x's layout; the BN form recomputes W_z y in backward."""
+    def _output(self, y: torch.Tensor, xm: torch.Tensor, pm: bool, spatial: tuple[int, ...]) -> torch.Tensor:
+        """z = BN(W_z y) + x, shaped and laid out as x; the BN form recomputes W_z y in backward."""
         if isinstance(self.W, nn.Sequential):
             conv, bn = self.W
             if _LeanBNResidual.supports(bn):
                 w, bias = _conv_weight(conv)
-                return _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, xm, bn, pm)
-            wy = _linear(y, *_conv_weight(conv), pm)
-            return bn(wy.transpose(1, 2)).transpose(1, 2) + xm
-        return _linear(y, *_conv_weight(self.W), pm) + xm
+                z = _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, xm, bn, pm)
+            else:  # e.g. SyncBatchNorm: the module itself, on the (B, C, *spatial) view it expects
+                wy = _linear(y, *_conv_weight(conv), pm)
+                z = _from_bn_view(bn(wy.transpose(1, 2).unflatten(2, spatial))) + xm
+        else:
+            z = _linear(y, *_conv_weight(self.W), pm) + xm
+        return z.transpose(1, 2).unflatten(2, spatial)
 
     def forward(
         self, x: torch.Tensor, return_nl_map: bool = False
