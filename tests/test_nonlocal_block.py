@@ -224,3 +224,26 @@ def test_bn_that_the_fused_kernel_does_not_take_runs_as_its_module(channels_last
     x = torch.randn(SHAPES[3])
     x_fast = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
     torch.testing.assert_close(fast(x_fast), naive(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_autocast_path_uses_a_fused_attention_kernel_not_the_map(channels_last):
+    """Under autocast (and on CUDA) the block calls F.scaled_dot_product_attention, whose fused
+    kernels need unit-stride rows: given transposed views it silently falls back to the math kernel,
+    which keeps the whole (N x M) map for backward. No saved tensor may be that large."""
+    block = randomise(NonLocalBlock(16, sub_sample=False)).train()
+    x = torch.randn(1, 16, 4, 8, 8, requires_grad=True)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    n = 4 * 8 * 8
+    sizes = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
+        z = block(x)
+    assert sizes and max(sizes) < n * n, f"a saved tensor of {max(sizes)} elements: the {n}x{n} map"
+    z.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -142,13 +142,9 @@ class NonLocalBlock(nn.Module):
         )
 
     def _embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """theta (B, N, d), phi (B, M, d), g (B, M, C') as position-major matrices."""
-        b = x.shape[0]
-        theta = self.theta(x).reshape(b, -1, x[0, 0].numel()).transpose(1, 2)
-        phi_x = self.phi(x)
-        phi = phi_x.reshape(b, phi_x.shape[1], -1).transpose(1, 2)
-        g = self.g(x).reshape(b, self.inter_channels, -1).transpose(1, 2)
-        return theta, phi, g
+        """theta (B, N, d), phi (B, M, d), g (B, M, C') as position-major matrices (views: contiguous
+        ones when the convolutions return channels-last tensors)."""
+        return tuple(t.flatten(2).transpose(1, 2) for t in (self.theta(x), self.phi(x), self.g(x)))
 
     def _concat_terms(self, theta: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w_f^T [theta_i; phi_j] = a_i + b_j: the two halves of w_f applied separately."""
@@ -181,8 +177,10 @@ class NonLocalBlock(nn.Module):
         n, m = theta.shape[1], phi.shape[1]
         if self.instantiation in ("gaussian", "embedded_gaussian"):
             s = self.inter_channels**-0.5 if self.scale else 1.0
-            y = F.scaled_dot_product_attention(theta[:, None], phi[:, None], g[:, None], scale=s)
-            return y[:, 0]
+            # The fused (flash / memory-efficient) kernels need a unit stride in the last dimension;
+            # a transposed view silently sends SDPA to its math kernel, which builds the whole map.
+            q, k, v = (t.contiguous()[:, None] for t in (theta, phi, g))
+            return F.scaled_dot_product_attention(q, k, v, scale=s)[:, 0]
         if self.instantiation == "dot_product":
             ci = self.inter_channels
             if (n + m) * ci < 2 * n * m:  # theta (phi^T g): (N+M) C'^2 MACs vs 2 N M C'
