@@ -106,7 +106,9 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     net = hydra.utils.instantiate(cfg.model)
     net = net.to(device)
     if cfg.trainer.channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
+        # Conv3d weights only: Module.to(memory_format=channels_last_3d) fails on the concatenation
+        # block's 4-D w_f (a Conv2d, as in the seed), and has nothing else to convert.
+        net = torch.nn.utils.convert_conv3d_weight_memory_format(net, torch.channels_last_3d)
     return net
 
 

@@ -72,7 +72,8 @@ def worker(
     x = torch.randn(batch, 3, frames, size, size, device=device)
     y = torch.randint(0, 400, (batch,), device=device)
     if variant in ("channels_last", "bf16_channels_last", "compile"):
-        model = model.to(memory_format=torch.channels_last_3d)
+        # as train.py does it
+        model = torch.nn.utils.convert_conv3d_weight_memory_format(model, torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     step_model = torch.compile(model, dynamic=False) if variant == "compile" else model

@@ -247,3 +247,17 @@ def test_autocast_path_uses_a_fused_attention_kernel_not_the_map(channels_last):
     assert sizes and max(sizes) < n * n, f"a saved tensor of {max(sizes)} elements: the {n}x{n} map"
     z.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+def test_weight_gradients_keep_the_weights_strides(instantiation):
+    """DDP copies each gradient into a bucket view with the parameter's strides and warns (and copies
+    element by element) when they differ, size-1 kernel dimensions included: a channels-last model's
+    1x1x1 weights must get channels-last gradients from the efficient path."""
+    block = NonLocalBlock(8, instantiation=instantiation)
+    block = torch.nn.utils.convert_conv3d_weight_memory_format(block, torch.channels_last_3d)
+    nn.init.normal_(block.W[1].weight)
+    x = torch.randn(SHAPES[3]).contiguous(memory_format=torch.channels_last_3d)
+    block(x).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.stride() == p.stride(), name

@@ -173,3 +173,14 @@ def test_multirun_sweep_gives_each_model_its_own_run(synthetic_root, tmp_path):
     for sub in ("0_c2d", "1_c2d_nl1"):
         assert (tmp_path / sub / "checkpoints" / "checkpoint_000000001.pt").is_file()
         assert (tmp_path / sub / "tb").is_dir()
+
+
+@pytest.mark.slow
+def test_every_instantiation_trains_in_the_default_channels_last_layout(synthetic_root, tmp_path):
+    """trainer.channels_last (the default) converts the Conv3d weights only: Module.to(channels_last_3d)
+    failed on the concatenation block's 4-D w_f (a Conv2d, as in the seed)."""
+    sweep = "model.nonlocal.instantiation=gaussian,dot_product,concatenation"
+    r = run_app("train.py", "-m", "model=c2d_nl1", sweep, *tiny_overrides(synthetic_root),
+                "trainer.max_iters=1", "trainer.eval_period=0", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert len(list(tmp_path.glob("*/checkpoints/checkpoint_000000001.pt"))) == 3

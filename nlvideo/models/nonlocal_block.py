@@ -283,7 +283,14 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _conv_weight(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return conv.weight.flatten(1), conv.bias  # a 1x1 conv is a (C_out, C_in) matrix
+    """A 1x1 conv's weight as the (C_out, C_in) matrix it is, and its bias.
+
+    ``as_strided`` rather than ``flatten``: its gradient keeps the weight's own strides, also in the
+    size-1 kernel dimensions, which DDP compares with its bucket views (a channels-last weight would
+    otherwise get a contiguous gradient and a "grad strides do not match" warning and copy).
+    """
+    w = conv.weight
+    return w.as_strided(w.shape[:2], w.stride()[:2]), conv.bias
 
 
 def _cat_weights(*convs: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
