@@ -156,7 +156,12 @@ def child(cfg: Config, impl: str, device: str, repeat: int, warmup: int, threads
         torch.set_num_threads(threads)
     try:
         measure(cfg, impl, device, repeat, warmup, dump, q)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:  # --max-batch probes past the limit
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        # --max-batch probes past the limit: CUDA raises OutOfMemoryError, a failed CPU allocation a
+        # RuntimeError from DefaultCPUAllocator. Anything else is a bug and propagates (a crash).
+        cpu_oom = "can't allocate memory" in str(e)
+        if not (cpu_oom or isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError))):
+            raise
         q.put({"oom": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
 
 
@@ -253,9 +258,14 @@ def largest_fitting(fits: Callable[[int], bool], cap: int) -> int:
     return lo
 
 
+class ProbeFailed(RuntimeError):
+    """A --max-batch probe crashed or timed out: an error to report, not a batch that does not fit."""
+
+
 def max_batch_table(configs: list[Config], args: argparse.Namespace, tmp: str) -> None:
     """Largest batch whose forward + backward fits: on CUDA until out of memory (or over
-    ``--memory-gib``), on CPU until the step's peak activation memory exceeds ``--memory-gib``."""
+    ``--memory-gib``), on CPU until the step's peak activation memory exceeds ``--memory-gib``.
+    A probe that crashes for another reason makes its cell "error" (its traceback is on stderr)."""
     budget = args.memory_gib * 1024**3 if args.memory_gib else None
     probe_args = argparse.Namespace(**{**vars(args), "repeat": 1, "warmup": 0})
     limit = f"peak activation memory <= {args.memory_gib:g} GiB" if budget else "until out of memory"
@@ -269,14 +279,22 @@ def max_batch_table(configs: list[Config], args: argparse.Namespace, tmp: str) -
             def fits(batch: int, impl: str = impl, cfg: Config = cfg) -> bool:
                 probe = dataclasses.replace(cfg, batch=batch)
                 res = run_one(probe, impl, probe_args, os.path.join(tmp, "p.pt"))
-                ok = res is not None and "oom" not in res and (budget is None or res["peak"] <= budget)
+                if res is None:
+                    raise ProbeFailed(f"{impl} at batch {batch} crashed or timed out")
+                ok = "oom" not in res and (budget is None or res["peak"] <= budget)
                 print(f"<!-- {impl} batch {batch}: {'fits' if ok else 'does not fit'} -->", file=sys.stderr)
                 return ok
 
-            best[impl] = largest_fitting(fits, args.max_batch_cap)
-        ratio = f"{best['efficient'] / best['naive']:.2f}x" if best["naive"] else "—"
+            try:
+                best[impl] = largest_fitting(fits, args.max_batch_cap)
+            except ProbeFailed as e:
+                print(f"<!-- {e} -->", file=sys.stderr)
+                best[impl] = None
+        ok = best["naive"] and best["efficient"] is not None
+        ratio = f"{best['efficient'] / best['naive']:.2f}x" if ok else "—"
+        cells = ["error" if best[i] is None else str(best[i]) for i in ("naive", "efficient")]
         label = cfg.label.replace(f" B={cfg.batch}", "")
-        print(f"| {label} | {best['naive']} | {best['efficient']} | {ratio} |", flush=True)
+        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |", flush=True)
 
 
 def compare(naive_dump: str, ours_dump: str) -> dict[str, float]:

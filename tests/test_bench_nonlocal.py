@@ -56,3 +56,15 @@ def test_a_crashing_child_is_reported_at_once_not_after_the_timeout(tmp_path, mo
     assert bench.run_one(cfg, "efficient", args, str(tmp_path / "x.pt")) is None
     assert time.monotonic() - start < 60
     assert "unknown instantiation 'no_such_function'" in capfd.readouterr().err  # died where meant to
+
+
+def test_max_batch_reports_a_crashing_configuration_as_an_error_not_as_batch_0(tmp_path, monkeypatch, capfd):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(Path(bench.__file__).parent))  # the spawned children import the script
+    args = argparse.Namespace(repeat=1, warmup=0, threads=1, device="cpu", timeout=600.0, memory_gib=1.0,
+                              max_batch_cap=4)
+    bench.max_batch_table([bench.Config("4,1,1")], args, str(tmp_path))  # 1x1 frames: nothing to pool
+    out = capfd.readouterr()
+    assert "| 4,1,1 emb-gauss fp32 sub | error | error | — |" in out.out
+    assert "Output size is too small" in out.err

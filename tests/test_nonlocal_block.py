@@ -261,3 +261,29 @@ def test_weight_gradients_keep_the_weights_strides(instantiation):
     block(x).square().sum().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.stride() == p.stride(), name
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_can_be_modified_in_place_like_any_layer_output(channels_last):
+    """A following in-place ReLU or += must work: the fused BN kernel's output is not handed out as
+    a view of a custom Function's output (autograd forbids modifying those in place)."""
+    block = randomise(NonLocalBlock(8)).train().double()  # float64: training-mode BN amplifies rounding
+    x = torch.randn(SHAPES[3], dtype=torch.float64, requires_grad=True)
+    x_in = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+    z = block(x_in)
+    z += 1
+    z.relu_()
+    z.sum().backward()
+    naive = randomise(NonLocalBlock(8, impl="naive")).train().double()
+    x2 = x.detach().clone().requires_grad_()
+    torch.relu(naive(x2) + 1).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_training_with_one_value_per_channel_fails_like_batchnorm():
+    """nn.BatchNorm refuses a batch variance of one value; the fused kernel must not turn it into NaN."""
+    for impl in ("naive", "efficient"):
+        block = NonLocalBlock(4, sub_sample=False, impl=impl).train()
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+            block(torch.randn(1, 4, 1, 1, 1))
+        assert torch.isfinite(block.W[1].running_var).all()

@@ -23,8 +23,9 @@ Two computation paths give the same result (tested to 1e-5 in fp32):
   cheaper; the concatenation form splits w_f^T [theta_i; phi_j] = a_i + b_j and never builds the
   (B, 2C', N, M) concatenated tensor. The softmax forms depend on the device:
   on CUDA (and under autocast) ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors
-  (flash / memory-efficient kernels); on CPU in fp32, where SDPA's training path materialises the
-  map like the naive one, a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
+  (flash / memory-efficient kernels); on CPU without autocast (fp32 in practice), where SDPA's CPU
+  flash kernel runs ~10x slower on the subnormal weights of a peaked softmax (``_probs``), a
+  flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
   query chunks, scores recomputed in backward) with the 1x1 convs as GEMMs on the input's own
   storage (channel-major for a contiguous input, position-major for a channels-last one, so the
   trainer's channels-last models pay no layout conversion), a max-pool that saves only int32
@@ -210,18 +211,18 @@ class NonLocalBlock(nn.Module):
             theta = _linear(xm, *_conv_weight(self.theta), pm)
             phig = _linear(xm, *_cat_weights(phi_conv, g_conv), pm)  # phi and g: one GEMM, one pool
             if self.sub_sample:
-                phig = _MaxPoolLean.apply(phig, spatial, self._pool_module())
+                phig = _MaxPoolLean.apply(phig, spatial, self._pool_module(), pm)
             phi, g = phig[..., :ci], phig[..., ci:]
         else:  # gaussian: theta = x, phi = pooled x
             theta = xm
-            phi = _MaxPoolLean.apply(xm, spatial, self._pool_module()) if self.sub_sample else xm
+            phi = _MaxPoolLean.apply(xm, spatial, self._pool_module(), pm) if self.sub_sample else xm
             g = _linear(xm, *_conv_weight(g_conv), pm)
             if self.sub_sample:
-                g = _MaxPoolLean.apply(g, spatial, self._pool_module())
+                g = _MaxPoolLean.apply(g, spatial, self._pool_module(), pm)
         m = phi.shape[1]
         if self.instantiation in ("gaussian", "embedded_gaussian"):
             s = ci**-0.5 if self.scale else None
-            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s)  # (B, N, C')
+            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s, pm)  # (B, N, C')
         elif self.instantiation == "dot_product":
             n = theta.shape[1]
             if (n + m) * ci < 2 * n * m:  # theta (phi^T g): (N+M) C'^2 MACs vs 2 N M C'
@@ -242,7 +243,7 @@ class NonLocalBlock(nn.Module):
             conv, bn = self.W
             if _LeanBNResidual.supports(bn):
                 w, bias = _conv_weight(conv)
-                z = _LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, xm, bn, pm)
+                z = _from_bn_view(_LeanBNResidual.apply(y, w, bias, bn.weight, bn.bias, xm, bn, pm))
             else:  # e.g. SyncBatchNorm: the module itself, on the (B, C, *spatial) view it expects
                 wy = _linear(y, *_conv_weight(conv), pm)
                 z = _from_bn_view(bn(wy.transpose(1, 2).unflatten(2, spatial))) + xm
@@ -261,8 +262,9 @@ class NonLocalBlock(nn.Module):
             )
         use_map = return_nl_map or self.impl == "naive"
         if not use_map and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-            # CPU fp32: the chunked, recomputing kernels below (half the saved activations). On GPU and
-            # under autocast, F.scaled_dot_product_attention (flash/memory-efficient kernels on CUDA).
+            # CPU without autocast (fp32, or tensors already in bf16/fp16): the chunked, recomputing
+            # kernels below (half the saved activations). On GPU and under autocast,
+            # F.scaled_dot_product_attention (flash/memory-efficient kernels).
             return self._forward_efficient(x)
         theta, phi, g = self._embeddings(x)
         nl_map = None
@@ -346,13 +348,12 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     whole; backward recomputes each chunk's scores and softmax instead of saving them, so the saved
     activations are theta, phi, g (O(N d)) instead of the O(N M) map. Each chunk's arithmetic is the
     naive path's (mm, softmax, mm; softmax backward), hence equal to it to rounding. Outputs and
-    gradients are stored like theta (position-major or channel-major).
+    gradients are stored position-major when ``pm``, else channel-major, like the inputs.
     """
 
     @staticmethod
-    def forward(ctx, theta, phi, g, scale):  # noqa: ANN001, ANN205
+    def forward(ctx, theta, phi, g, scale, pm):  # noqa: ANN001, ANN205
         b, n, _ = theta.shape
-        pm = theta.stride(2) == 1
         y = _new(b, n, g.shape[2], g, pm)
         rows = _chunk_rows(n, phi.shape[1], theta.element_size())
         for i in range(b):
@@ -360,7 +361,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
                 p = _probs(theta[i, r : r + rows], phi[i], scale)
                 torch.mm(p, g[i], out=y[i, r : r + rows])
         ctx.save_for_backward(theta, phi, g)
-        ctx.scale = scale
+        ctx.scale, ctx.pm = scale, pm
         return y
 
     @staticmethod
@@ -368,7 +369,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         theta, phi, g = ctx.saved_tensors
         scale = ctx.scale
         b, n, _ = theta.shape
-        pm = theta.stride(2) == 1
+        pm = ctx.pm
         dtheta = _new(b, n, theta.shape[2], theta, pm)
         dphi = _new(b, phi.shape[1], phi.shape[2], phi, pm).zero_()
         dg = _new(b, g.shape[1], g.shape[2], g, pm).zero_()
@@ -385,7 +386,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
                     ds.mul_(scale)
                 torch.mm(ds, phi[i], out=dtheta[i, r : r + rows])
                 dphi[i].addmm_(ds.t(), th)
-        return dtheta, dphi, dg, None
+        return dtheta, dphi, dg, None, None
 
 
 class _MaxPoolLean(torch.autograd.Function):
@@ -396,12 +397,12 @@ class _MaxPoolLean(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t, spatial, pool):  # noqa: ANN001, ANN205
+    def forward(ctx, t, spatial, pool, pm):  # noqa: ANN001, ANN205
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(spatial)]
         t5 = t.transpose(1, 2).unflatten(2, spatial)
         out, idx = fn(t5, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
         ctx.save_for_backward(idx.flatten(2).transpose(1, 2).to(torch.int32))
-        ctx.pm, ctx.n = t.stride(2) == 1, t.shape[1]
+        ctx.pm, ctx.n = pm, t.shape[1]
         return out.flatten(2).transpose(1, 2)
 
     @staticmethod
@@ -410,16 +411,17 @@ class _MaxPoolLean(torch.autograd.Function):
         b, _, k = idx.shape
         dt = _new(b, ctx.n, k, dout, ctx.pm).zero_()
         dt.scatter_(1, idx.long(), dout)  # pooling windows do not overlap
-        return dt, None, None
+        return dt, None, None, None
 
 
 class _LeanBNResidual(torch.autograd.Function):
     """z = BN(y W^T + b) + x for (B, N, C') y and (B, N, C) x, BN being a BatchNorm module.
 
     Saves y (already saved by the attention) and the BN statistics, not W y (C/C' = 2 times larger):
-    backward recomputes it with one GEMM. The BN output is written over W y in place and the
-    residual added in place, so the forward allocates one (B, N, C) matrix, the output, stored like
-    x. Statistics, running-stat updates and the backward are ATen's own batch-norm kernels.
+    backward recomputes it with one GEMM. The residual is added in place to the BN output. Statistics,
+    running-stat updates and the backward are ATen's own batch-norm kernels. ``z`` is returned as the
+    (B, C, N[, 1]) tensor ATen's batch norm produced (see :func:`_bn_view`), not as a view of it, so
+    that the caller's reshaping views of it stay modifiable in place.
     """
 
     @staticmethod
@@ -439,11 +441,15 @@ class _LeanBNResidual(torch.autograd.Function):
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
         running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+        if training and wy.shape[0] * wy.shape[1] == 1:
+            raise ValueError(  # nn.BatchNorm's check: the batch variance of one value is undefined
+                f"Expected more than 1 value per channel when training, got input size {tuple(wy.shape)}"
+            )
         z, mean, invstd = torch.native_batch_norm(  # updates the running statistics as nn.BatchNorm
             _bn_view(wy, pm), gamma, beta, *running, training, momentum, bn.eps
         )
         del wy
-        z = _from_bn_view(z).add_(xm)
+        z.add_(_bn_view(xm, pm))
         ctx.save_for_backward(y, w, bias, gamma, mean, invstd)
         ctx.training, ctx.eps, ctx.bn, ctx.pm = training, bn.eps, bn, pm
         return z
@@ -456,9 +462,9 @@ class _LeanBNResidual(torch.autograd.Function):
         bn = ctx.bn
         rm, rv = (None, None) if ctx.training else (bn.running_mean, bn.running_var)
         sm, si = (mean, invstd) if ctx.training else (None, None)
-        dz = dz.contiguous() if pm else dz.transpose(1, 2).contiguous().transpose(1, 2)
+        dz = dz.contiguous(memory_format=torch.channels_last if pm else torch.contiguous_format)
         dwy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            _bn_view(dz, pm), _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True] * 3
+            dz, _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True] * 3
         )
         del wy
         dwy = _from_bn_view(dwy)
@@ -468,7 +474,7 @@ class _LeanBNResidual(torch.autograd.Function):
         else:
             dw = torch.bmm(dwy.transpose(1, 2), y).sum(0)
         dbias = dwy.sum((0, 1)) if bias is not None else None
-        return dy, dw, dbias, dgamma, dbeta, dz, None, None
+        return dy, dw, dbias, dgamma, dbeta, _from_bn_view(dz), None, None
 
 
 def _bn_view(t: torch.Tensor, pm: bool) -> torch.Tensor:
