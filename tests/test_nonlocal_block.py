@@ -287,3 +287,15 @@ def test_training_with_one_value_per_channel_fails_like_batchnorm():
         with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
             block(torch.randn(1, 4, 1, 1, 1))
         assert torch.isfinite(block.W[1].running_var).all()
+
+
+def test_eval_mode_backward_uses_the_statistics_of_its_forward():
+    """Running statistics updated between forward and backward (another forward in training mode)
+    must not change the gradient of an eval-mode forward."""
+    block = randomise(NonLocalBlock(8)).double()
+    x = torch.randn(SHAPES[3], dtype=torch.float64, requires_grad=True)
+    z = block.eval()(x)
+    (g_ref,) = torch.autograd.grad(z.sum(), x, retain_graph=True)
+    block.train()(torch.randn(SHAPES[3], dtype=torch.float64) * 3 + 1)  # moves running_mean/var
+    (g,) = torch.autograd.grad(z.sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)

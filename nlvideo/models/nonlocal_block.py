@@ -450,18 +450,19 @@ class _LeanBNResidual(torch.autograd.Function):
         )
         del wy
         z.add_(_bn_view(xm, pm))
-        ctx.save_for_backward(y, w, bias, gamma, mean, invstd)
-        ctx.training, ctx.eps, ctx.bn, ctx.pm = training, bn.eps, bn, pm
+        # Eval mode normalises with the running statistics: keep them as this forward used them, in
+        # case something updates them before backward (the batch statistics are returned fresh).
+        stats = (mean, invstd) if training else (bn.running_mean.clone(), bn.running_var.clone())
+        ctx.save_for_backward(y, w, bias, gamma, *stats)
+        ctx.training, ctx.eps, ctx.pm = training, bn.eps, pm
         return z
 
     @staticmethod
     def backward(ctx, dz):  # noqa: ANN001, ANN205
-        y, w, bias, gamma, mean, invstd = ctx.saved_tensors
+        y, w, bias, gamma, *stats = ctx.saved_tensors
         pm = ctx.pm
         wy = _linear(y, w, bias, pm)
-        bn = ctx.bn
-        rm, rv = (None, None) if ctx.training else (bn.running_mean, bn.running_var)
-        sm, si = (mean, invstd) if ctx.training else (None, None)
+        rm, rv, sm, si = (None, None, *stats) if ctx.training else (*stats, None, None)
         dz = dz.contiguous(memory_format=torch.channels_last if pm else torch.contiguous_format)
         dwy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
             dz, _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True] * 3
