@@ -41,6 +41,7 @@ from nlvideo.engine.logging import Progress, TensorBoard, setup_rank_logging
 from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients
 from nlvideo.engine.precise_bn import update_bn_stats
 from nlvideo.engine.preemption import PreemptionHandler
+from nlvideo.models import to_channels_last_3d
 
 log = logging.getLogger("nlvideo.train")
 
@@ -106,9 +107,7 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     net = hydra.utils.instantiate(cfg.model)
     net = net.to(device)
     if cfg.trainer.channels_last:
-        # Conv3d weights only: Module.to(memory_format=channels_last_3d) fails on the concatenation
-        # block's 4-D w_f (a Conv2d, as in the seed), and has nothing else to convert.
-        net = torch.nn.utils.convert_conv3d_weight_memory_format(net, torch.channels_last_3d)
+        net = to_channels_last_3d(net)
     return net
 
 

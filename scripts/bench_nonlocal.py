@@ -121,7 +121,7 @@ def full_grid() -> list[Config]:
 def build(cfg: Config, impl: str, device: str):  # noqa: ANN201
     import torch
 
-    from nlvideo.models import NonLocalBlock
+    from nlvideo.models import NonLocalBlock, to_channels_last_3d
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
     c, t, h = cfg.dims
@@ -136,7 +136,9 @@ def build(cfg: Config, impl: str, device: str):  # noqa: ANN201
             else:
                 p.normal_(std=0.01)
     fmt = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
-    block = block.to(device=device, dtype=dtype, memory_format=fmt).train()
+    block = block.to(device=device, dtype=dtype).train()
+    if cfg.channels_last:
+        block = to_channels_last_3d(block)  # as train.py (Module.to fails on concatenation's Conv2d)
     x = torch.randn(cfg.batch, c, t, h, h, device=device, dtype=dtype).contiguous(memory_format=fmt)
     gz = torch.randn(x.shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
     return block, x.requires_grad_(), gz

@@ -33,6 +33,7 @@ import time
 import torch
 
 import nlvideo  # noqa: F401
+from nlvideo.models import to_channels_last_3d
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile")
 MODELS = ("c2d", "i3d", "i3d_nl5", "ptv_i3d")
@@ -72,8 +73,7 @@ def worker(
     x = torch.randn(batch, 3, frames, size, size, device=device)
     y = torch.randint(0, 400, (batch,), device=device)
     if variant in ("channels_last", "bf16_channels_last", "compile"):
-        # as train.py does it
-        model = torch.nn.utils.convert_conv3d_weight_memory_format(model, torch.channels_last_3d)
+        model = to_channels_last_3d(model)  # as train.py does it
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     step_model = torch.compile(model, dynamic=False) if variant == "compile" else model

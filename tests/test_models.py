@@ -10,7 +10,13 @@ from hydra.utils import instantiate
 from torch import nn
 
 import nlvideo  # noqa: F401  (torchvision compat before torchvision/pytorchvideo imports)
-from nlvideo.models import ConfigError, NonLocalBlock, build_video_resnet, inflate_state_dict
+from nlvideo.models import (
+    ConfigError,
+    NonLocalBlock,
+    build_video_resnet,
+    inflate_state_dict,
+    to_channels_last_3d,
+)
 from nlvideo.models.spec import default_inflate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -242,7 +248,7 @@ def test_channels_last_model_matches_contiguous_model_in_training():
     model.train()
     for _, block in model.nonlocal_blocks():
         nn.init.normal_(block.W[1].weight)
-    twin = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    twin = to_channels_last_3d(copy.deepcopy(model))
     x = torch.randn(2, 3, 8, 64, 64)
     x_cl = x.clone().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
     x.requires_grad_()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nlvideo.models import INSTANTIATIONS, NonLocalBlock
+from nlvideo.models import INSTANTIATIONS, NonLocalBlock, to_channels_last_3d
 from tests.reference.seed_nonlocal import _NonLocalBlockND
 
 SHAPES = {1: (2, 8, 12), 2: (2, 8, 6, 8), 3: (2, 8, 4, 6, 8)}
@@ -255,7 +255,7 @@ def test_weight_gradients_keep_the_weights_strides(instantiation):
     element by element) when they differ, size-1 kernel dimensions included: a channels-last model's
     1x1x1 weights must get channels-last gradients from the efficient path."""
     block = NonLocalBlock(8, instantiation=instantiation)
-    block = torch.nn.utils.convert_conv3d_weight_memory_format(block, torch.channels_last_3d)
+    block = to_channels_last_3d(block)
     nn.init.normal_(block.W[1].weight)
     x = torch.randn(SHAPES[3]).contiguous(memory_format=torch.channels_last_3d)
     block(x).square().sum().backward()

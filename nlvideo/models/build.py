@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from nlvideo.models.inflate import inflate_state_dict, load_pretrained_2d
 from nlvideo.models.resnet import VideoResNet
 from nlvideo.models.spec import make_spec
@@ -20,3 +23,12 @@ def build_video_resnet(**cfg: Any) -> VideoResNet:
     if spec.pretrained:
         inflate_state_dict(model, load_pretrained_2d(spec.pretrained))
     return model
+
+
+def to_channels_last_3d(model: nn.Module) -> nn.Module:
+    """The trainer's ``trainer.channels_last`` layout: every Conv3d weight in channels_last_3d.
+
+    Not ``model.to(memory_format=torch.channels_last_3d)``: that fails on the concatenation block's
+    4-D w_f (a Conv2d, as in the seed), and the Conv3d weights are all it would convert.
+    """
+    return torch.nn.utils.convert_conv3d_weight_memory_format(model, torch.channels_last_3d)
