@@ -1,4 +1,4 @@
-"""Video data pipeline: annotations, clip sampling, decord decoding, transforms, loaders, metrics.
+"""Video data pipeline: annotations, clip sampling, decord decoding, transforms, loaders.
 
 Public API (other modules code against these names)::
 
@@ -13,12 +13,6 @@ import nlvideo  # noqa: F401  (torchvision compat shim before any torchvision im
 from nlvideo.data.dataset import ClipSpec, VideoDataset, build_dataset, clip_spec, data_root
 from nlvideo.data.decode import DecodeError, open_video
 from nlvideo.data.loader import FailureLog, build_loader, collate_clips
-from nlvideo.data.metrics import (
-    average_precision,
-    mean_average_precision,
-    per_class_average_precision,
-    topk_accuracy,
-)
 from nlvideo.data.sampler import ClipSampler, derive_seed
 
 __all__ = [
@@ -27,15 +21,11 @@ __all__ = [
     "DecodeError",
     "FailureLog",
     "VideoDataset",
-    "average_precision",
     "build_dataset",
     "build_loader",
     "clip_spec",
     "collate_clips",
     "data_root",
     "derive_seed",
-    "mean_average_precision",
     "open_video",
-    "per_class_average_precision",
-    "topk_accuracy",
 ]

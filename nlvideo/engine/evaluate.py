@@ -78,7 +78,7 @@ class VideoScoreAggregator:
 def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, multi_label: bool,
                     topk: Sequence[int] = (1, 5)) -> dict[str, float]:
     """top-k accuracy in percent (single-label) or mAP in percent (multi-label)."""
-    from nlvideo.data import mean_average_precision, topk_accuracy
+    from nlvideo.engine.metrics import mean_average_precision, topk_accuracy
 
     if scores.numel() == 0:
         return {}

@@ -3,8 +3,12 @@ import math
 import pytest
 import torch
 
-from nlvideo.data import average_precision, mean_average_precision, topk_accuracy
-from nlvideo.data.metrics import per_class_average_precision
+from nlvideo.engine.metrics import (
+    average_precision,
+    mean_average_precision,
+    per_class_average_precision,
+    topk_accuracy,
+)
 
 
 def test_ap_hand_computed():

@@ -9,6 +9,7 @@ without positives are excluded, as in PySlowFast's Charades evaluation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -69,5 +70,5 @@ def per_class_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean AP over classes with at least one positive; NaN when no class has one."""
-    aps = [a for a in per_class_average_precision(scores, targets) if a == a]
+    aps = [a for a in per_class_average_precision(scores, targets) if not math.isnan(a)]
     return float(sum(aps) / len(aps)) if aps else float("nan")
