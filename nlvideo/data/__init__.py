@@ -12,14 +12,13 @@ Public API (other modules code against these names)::
 import nlvideo  # noqa: F401  (torchvision compat shim before any torchvision import)
 from nlvideo.data.dataset import ClipSpec, VideoDataset, build_dataset, clip_spec, data_root
 from nlvideo.data.decode import DecodeError, open_video
-from nlvideo.data.loader import FailureLog, build_loader, collate_clips
+from nlvideo.data.loader import build_loader, collate_clips
 from nlvideo.data.sampler import ClipSampler, derive_seed
 
 __all__ = [
     "ClipSampler",
     "ClipSpec",
     "DecodeError",
-    "FailureLog",
     "VideoDataset",
     "build_dataset",
     "build_loader",

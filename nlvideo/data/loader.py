@@ -11,7 +11,6 @@ global torch RNG of the training process.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,33 +70,3 @@ def build_loader(
         **kwargs,
     )
 
-
-class FailureLog:
-    """Main-process tally of the ``failures`` reported in batches (one entry per failed read).
-
-    >>> failures = FailureLog(); failures.update(batch["failures"]); failures.summary()
-    """
-
-    def __init__(self) -> None:
-        self.by_path: Counter[str] = Counter()
-        self.reasons: dict[str, str] = {}
-
-    def update(self, failures: Sequence[tuple[str, str]]) -> None:
-        for path, reason in failures:
-            self.by_path[path] += 1
-            self.reasons.setdefault(path, reason)
-
-    @property
-    def count(self) -> int:
-        return sum(self.by_path.values())
-
-    def summary(self, limit: int = 5) -> str:
-        if not self.by_path:
-            return "0 unreadable videos"
-        shown = "; ".join(f"{p} ({self.reasons[p]})" for p, _ in self.by_path.most_common(limit))
-        more = f"; ... {len(self.by_path) - limit} more" if len(self.by_path) > limit else ""
-        return f"{self.count} failed reads of {len(self.by_path)} unreadable videos: {shown}{more}"
-
-    def reset(self) -> None:
-        self.by_path.clear()
-        self.reasons.clear()
