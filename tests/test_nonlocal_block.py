@@ -299,3 +299,73 @@ def test_eval_mode_backward_uses_the_statistics_of_its_forward():
     block.train()(torch.randn(SHAPES[3], dtype=torch.float64) * 3 + 1)  # moves running_mean/var
     (g,) = torch.autograd.grad(z.sum(), x)
     torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+# ---- which computation path an input takes (select_path / path_for), and submodule hooks ----
+
+PATH_CASES = {  # the conditions select_path distinguishes, and the path each one gets
+    "impl_naive": ("naive", {"impl": "naive"}, False, False),
+    "map_requested": ("naive", {}, True, False),
+    "cpu_autocast": ("sdpa", {}, False, True),
+    "cpu_fp32": ("cpu_chunked", {}, False, False),
+}
+
+
+@pytest.mark.parametrize("case", PATH_CASES)
+def test_path_for_names_the_path_forward_takes_and_why(case, monkeypatch):
+    """Each path's entry point is spied on: forward must run exactly the one path_for names."""
+    from nlvideo.models import nonlocal_block as nl
+
+    expected, kwargs, return_nl_map, autocast = PATH_CASES[case]
+    taken = []
+
+    def spy(owner: object, attr: str, path: str) -> None:
+        fn = getattr(owner, attr)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            taken.append(path)
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attr, wrapper)
+
+    spy(NonLocalBlock, "affinity", "naive")
+    spy(nl, "_sdpa", "sdpa")
+    spy(NonLocalBlock, "_forward_cpu_chunked", "cpu_chunked")
+    block = NonLocalBlock(8, **kwargs)
+    x = torch.randn(SHAPES[3])
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        choice = block.path_for(x, return_nl_map=return_nl_map)
+        assert choice == nl.select_path(block, x, return_nl_map)
+        block(x, return_nl_map=return_nl_map)
+    assert choice.path == expected and taken == [expected], (choice, taken)
+    assert choice.path in nl.PATHS and choice.reason
+
+
+def test_non_cpu_inputs_take_the_sdpa_path():
+    """CUDA in practice; any non-CPU device type takes the same branch (a meta tensor stands in)."""
+    block = NonLocalBlock(8)
+    choice = block.path_for(torch.empty(SHAPES[3], device="meta"))
+    assert choice.path == "sdpa" and "meta" in choice.reason
+    assert block.path_for(torch.empty(SHAPES[3], device="meta"), return_nl_map=True).path == "naive"
+
+
+SUBMODULES = ("theta", "phi", "g", "W")
+
+
+@pytest.mark.parametrize("instantiation", INSTANTIATIONS)
+@pytest.mark.parametrize(("impl", "autocast"), [("naive", False), ("auto", True), ("auto", False)])
+def test_forward_hooks_on_submodules_run_except_on_the_documented_cpu_chunked_path(
+    instantiation, impl, autocast
+):
+    """The naive and sdpa paths call theta/phi/g/W; the cpu_chunked path reads their weights and, as
+    documented, runs none of their hooks. Hooks on the block itself run on every path."""
+    block = NonLocalBlock(8, instantiation=instantiation, impl=impl)
+    fired = []
+    for name in (*SUBMODULES, ""):
+        block.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: fired.append(name))
+    x = torch.randn(SHAPES[3])
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        path = block.path_for(x).path
+        block(x)
+    expected = [""] if path == "cpu_chunked" else [*SUBMODULES, ""]
+    assert sorted(fired) == sorted(expected), (path, fired)

@@ -15,37 +15,59 @@ Parameter names and module structure follow the seed's ``_NonLocalBlockND`` (``t
 state dict of that block loads with plain ``load_state_dict`` and a freshly built block is exactly
 the identity, which is what lets it be inserted into a pre-trained network.
 
-Two computation paths give the same result (tested to 1e-5 in fp32):
+Three computation paths give the same result (tested to 1e-5 in fp32). Which one an input takes,
+and why, is decided in one place, :func:`select_path` (``block.path_for(x)`` asks a block; ``forward``
+only dispatches on the answer):
 
-- ``naive``: build the (N x M) affinity explicitly, as the seed, PySlowFast, MMAction2 and
-  PyTorchVideo do. Its memory is O(B N M) for the map plus softmax saved for backward.
-- ``efficient``: the 1/N dot product is computed as theta (phi^T g) when that association is
-  cheaper; the concatenation form splits w_f^T [theta_i; phi_j] = a_i + b_j and never builds the
-  (B, 2C', N, M) concatenated tensor. The softmax forms depend on the device:
-  on CUDA (and under autocast) ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors
-  (flash / memory-efficient kernels); on CPU without autocast (fp32 in practice), where SDPA's CPU
-  flash kernel runs ~10x slower on the subnormal weights of a peaked softmax (``_probs``), a
-  flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
+- ``"naive"`` (:meth:`NonLocalBlock.affinity`): build the (N x M) affinity explicitly, as the seed,
+  PySlowFast, MMAction2 and PyTorchVideo do. Its memory is O(B N M) for the map plus softmax saved
+  for backward. Taken for ``impl="naive"`` and whenever the map is returned (``return_nl_map``).
+- ``"sdpa"`` (:func:`_sdpa`): the submodules theta/phi/g/W with plain autograd ops, and
+  ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors for the softmax forms
+  (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device) and under CPU autocast.
+- ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): on CPU without autocast (fp32 in
+  practice), where SDPA's CPU flash kernel runs ~10x slower on the subnormal weights of a peaked
+  softmax (``_probs``), a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
   query chunks, scores recomputed in backward) with the 1x1 convs as GEMMs on the input's own
   storage (channel-major for a contiguous input, position-major for a channels-last one, so the
   trainer's channels-last models pay no layout conversion), a max-pool that saves only int32
   indices and a fused W_z + BN + residual (``_LeanBNResidual``), which together save about half
   the activations of the naive path for backward at about its speed (``scripts/bench_nonlocal.py``).
+  The private ATen kernels these use are wrapped in :mod:`nlvideo.models.aten_ops`.
 
-``impl="auto"`` uses the efficient path except when the attention map is requested.
+The two fast paths aggregate y in :meth:`NonLocalBlock._aggregate`, each passing its softmax kernel;
+there the 1/N dot product is computed as theta (phi^T g) when that association is cheaper, and the
+concatenation form splits w_f^T [theta_i; phi_j] = a_i + b_j and never builds the (B, 2C', N, M)
+concatenated tensor.
+
+Hooks: only ``"naive"`` calls every submodule. ``"sdpa"`` calls theta, phi, g and W but reads
+``concat_project``'s weight directly; ``"cpu_chunked"`` reads the weights of theta, phi, g and W
+directly (one GEMM for phi and g, W fused with its BN), so forward hooks and pre-hooks on those
+submodules do not run (nor do the pre-hooks of the old-style ``nn.utils.weight_norm`` /
+``spectral_norm``; their ``nn.utils.parametrizations`` versions work). Hooks on the block itself
+always run. Use ``impl="naive"`` where submodule hooks are needed.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from nlvideo.models import aten_ops
 
 Instantiation = Literal["gaussian", "embedded_gaussian", "dot_product", "concatenation"]
 INSTANTIATIONS: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 IMPLS: tuple[str, ...] = ("auto", "naive", "efficient")
+Path = Literal["naive", "sdpa", "cpu_chunked"]
+PATHS: tuple[str, ...] = ("naive", "sdpa", "cpu_chunked")
+_SOFTMAX_FORMS = ("gaussian", "embedded_gaussian")
+# softmax(s theta phi^T) g of (B, N, d), (B, M, d), (B, M, C') matrices, s = scale or 1 when None.
+SoftmaxAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float | None], torch.Tensor]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -56,6 +78,10 @@ _POOL = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d((2, 2)), 3: lambda:
 class NonLocalBlock(nn.Module):
     """Residual non-local block for 1-D (B, C, L), 2-D (B, C, H, W) or 3-D (B, C, T, H, W) input.
 
+    Forward hooks on the submodules ``theta``/``phi``/``g``/``W`` do not run on the ``"cpu_chunked"``
+    path (CPU, no autocast, ``impl`` not ``naive``), which reads their weights directly: use
+    ``impl="naive"`` where they are needed (see the module docstring).
+
     Args:
         in_channels: C of the input (and output).
         inter_channels: C' of theta/phi/g; ``in_channels // 2`` (at least 1) when None.
@@ -65,7 +91,8 @@ class NonLocalBlock(nn.Module):
         instantiation: the pairwise function, one of :data:`INSTANTIATIONS`.
         scale: multiply theta^T phi by C'^-1/2 (embedded gaussian; video-nonlocal-net does, the
             paper and the seed do not).
-        impl: ``auto`` | ``naive`` | ``efficient``.
+        impl: ``naive`` always builds the attention map; ``auto`` and ``efficient`` (the same) take
+            the fast path for the input's device. :meth:`path_for` says which path an input takes.
         init_std: std of the normal init of the new 1x1 convs (0.01 in the reference code).
     """
 
@@ -173,31 +200,37 @@ class NonLocalBlock(nn.Module):
             f = f * self.inter_channels**-0.5
         return f.softmax(dim=-1)
 
-    def _aggregate_efficient(self, theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Position-major (B, N, d) aggregation with plain autograd ops (used under autocast)."""
-        n, m = theta.shape[1], phi.shape[1]
-        if self.instantiation in ("gaussian", "embedded_gaussian"):
-            s = self.inter_channels**-0.5 if self.scale else 1.0
-            # The fused (flash / memory-efficient) kernels need a unit stride in the last dimension;
-            # a transposed view silently sends SDPA to its math kernel, which builds the whole map.
-            q, k, v = (t.contiguous()[:, None] for t in (theta, phi, g))
-            return F.scaled_dot_product_attention(q, k, v, scale=s)[:, 0]
+    def _aggregate(
+        self, theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, softmax_attention: SoftmaxAttention
+    ) -> torch.Tensor:
+        """y = 1/C(x) sum_j f(x_i, x_j) g_j as a (B, N, C') matrix, for both fast paths.
+
+        The paths differ only in the softmax forms' kernel, passed as ``softmax_attention``; the
+        other forms avoid what the naive path builds: the dot product is associated as
+        theta (phi^T g) when that is cheaper, and the concatenation form adds a_i + b_j instead of
+        projecting the (B, 2C', N, M) pairs.
+        """
+        if self.instantiation in _SOFTMAX_FORMS:
+            return softmax_attention(theta, phi, g, self.inter_channels**-0.5 if self.scale else None)
+        m = phi.shape[1]
         if self.instantiation == "dot_product":
-            ci = self.inter_channels
+            n, ci = theta.shape[1], self.inter_channels
             if (n + m) * ci < 2 * n * m:  # theta (phi^T g): (N+M) C'^2 MACs vs 2 N M C'
                 return theta @ (phi.transpose(1, 2) @ g) / m
             return (theta @ phi.transpose(1, 2)) @ g / m
-        a, b = self._concat_terms(theta, phi)
+        a, b = self._concat_terms(theta, phi)  # (B, N), (B, M)
         return F.relu(a[:, :, None] + b[:, None, :]) @ g / m
 
-    # ---- the efficient path: (B, N, K) matrices whose storage follows the input's memory format ----
+    # ---- the "cpu_chunked" path: (B, N, K) matrices whose storage follows the input's memory format ----
     #
     # Every tensor below is a logical position-major matrix (B, N, K). For a contiguous (channel-major)
     # input it is a transposed view of a (B, K, N) storage; for a channels-last input, which is
     # (B, T, H, W, C) in memory, it is contiguous. The GEMMs read either without copies (BLAS transpose
     # flags), so neither layout pays a conversion on the way in or out of the block.
 
-    def _forward_efficient(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_cpu_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``"cpu_chunked"`` path: theta/phi/g/W as GEMMs on their weights (their hooks do not run)
+        and custom autograd Functions that save about half the naive path's activations."""
         spatial = tuple(x.shape[2:])
         pm = _is_channels_last(x)
         if not pm:
@@ -219,19 +252,7 @@ class NonLocalBlock(nn.Module):
             g = _linear(xm, *_conv_weight(g_conv), pm)
             if self.sub_sample:
                 g = _MaxPoolLean.apply(g, spatial, self._pool_module(), pm)
-        m = phi.shape[1]
-        if self.instantiation in ("gaussian", "embedded_gaussian"):
-            s = ci**-0.5 if self.scale else None
-            y = _ChunkedSoftmaxAttention.apply(theta, phi, g, s, pm)  # (B, N, C')
-        elif self.instantiation == "dot_product":
-            n = theta.shape[1]
-            if (n + m) * ci < 2 * n * m:  # theta (phi^T g): (N+M) C'^2 MACs vs 2 N M C'
-                y = torch.matmul(theta, torch.matmul(phi.transpose(1, 2), g)) / m
-            else:
-                y = torch.matmul(torch.matmul(theta, phi.transpose(1, 2)), g) / m
-        else:
-            a, bj = self._concat_terms(theta, phi)  # (B, N), (B, M)
-            y = torch.matmul(F.relu(a[:, :, None] + bj[:, None, :]), g) / m
+        y = self._aggregate(theta, phi, g, lambda q, k, v, s: _ChunkedSoftmaxAttention.apply(q, k, v, s, pm))
         return self._output(y, xm, pm, spatial)
 
     def _pool_module(self) -> nn.Module:
@@ -251,31 +272,74 @@ class NonLocalBlock(nn.Module):
             z = _linear(y, *_conv_weight(self.W), pm) + xm
         return z.transpose(1, 2).unflatten(2, spatial)
 
+    def path_for(self, x: torch.Tensor, return_nl_map: bool = False) -> PathChoice:
+        """The computation path ``self(x, return_nl_map)`` takes, and why: :func:`select_path`."""
+        return select_path(self, x, return_nl_map)
+
     def forward(
         self, x: torch.Tensor, return_nl_map: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Return ``z`` (same shape as ``x``), or ``(z, map)`` with ``map`` (B, N, M) when asked."""
+        """Return ``z`` (same shape as ``x``), or ``(z, map)`` with ``map`` (B, N, M) when asked.
+
+        The computation path is :func:`select_path`'s (:meth:`path_for`).
+        """
         if x.dim() != self.dimension + 2:
             raise ValueError(
                 f"NonLocalBlock(dimension={self.dimension}) expects a {self.dimension + 2}-D input "
                 f"(B, C, ...), got shape {tuple(x.shape)}"
             )
-        use_map = return_nl_map or self.impl == "naive"
-        if not use_map and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-            # CPU without autocast (fp32, or tensors already in bf16/fp16): the chunked, recomputing
-            # kernels below (half the saved activations). On GPU and under autocast,
-            # F.scaled_dot_product_attention (flash/memory-efficient kernels).
-            return self._forward_efficient(x)
+        path = select_path(self, x, return_nl_map).path
+        if path == "cpu_chunked":
+            return self._forward_cpu_chunked(x)
         theta, phi, g = self._embeddings(x)
-        nl_map = None
-        if use_map:
+        if path == "naive":
             nl_map = self.affinity(theta, phi)
             y = nl_map @ g
         else:
-            y = self._aggregate_efficient(theta, phi, g)
+            nl_map, y = None, self._aggregate(theta, phi, g, _sdpa)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
         z = self.W(y) + x
         return (z, nl_map) if return_nl_map else z
+
+
+class PathChoice(NamedTuple):
+    """A computation path of :class:`NonLocalBlock` (one of :data:`PATHS`) and why it is taken."""
+
+    path: Path
+    reason: str
+
+
+def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = False) -> PathChoice:
+    """The computation path ``block(x, return_nl_map)`` takes, and why: the first rule that applies.
+
+    1. ``"naive"`` for ``impl="naive"``, and whenever the map is returned: only it builds the map.
+    2. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
+       ``F.scaled_dot_product_attention`` has flash / memory-efficient kernels, and under CPU
+       autocast: the CPU path's custom Functions are written and tested for one dtype throughout,
+       not for autocast's per-op casts, which plain autograd ops and SDPA follow.
+    3. ``"cpu_chunked"`` otherwise (CPU, no autocast): see the module docstring for why not SDPA.
+    """
+    if block.impl == "naive":
+        return PathChoice("naive", "impl='naive' always builds the attention map")
+    if return_nl_map:
+        return PathChoice("naive", "return_nl_map=True: only the naive path builds the attention map")
+    if x.device.type != "cpu":
+        return PathChoice("sdpa", f"{x.device.type} input: scaled_dot_product_attention's fused kernels")
+    if torch.is_autocast_enabled("cpu"):
+        return PathChoice("sdpa", "CPU autocast is enabled: the CPU chunked kernels are for one dtype")
+    return PathChoice(
+        "cpu_chunked",
+        "CPU input without autocast: chunked attention, lean max-pool and fused W_z + BN save about "
+        "half the activations; SDPA's CPU kernel is slow on the subnormal weights of a peaked softmax",
+    )
+
+
+def _sdpa(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """The ``"sdpa"`` path's :data:`SoftmaxAttention`: F.scaled_dot_product_attention on (B, 1, N, d)."""
+    # The fused (flash / memory-efficient) kernels need a unit stride in the last dimension; a
+    # transposed view silently sends SDPA to its math kernel, which builds the whole map.
+    q, k, v = (t.contiguous()[:, None] for t in (theta, phi, g))
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0 if scale is None else scale)[:, 0]
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -352,7 +416,14 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, theta, phi, g, scale, pm):  # noqa: ANN001, ANN205
+    def forward(
+        ctx: FunctionCtx,
+        theta: torch.Tensor,
+        phi: torch.Tensor,
+        g: torch.Tensor,
+        scale: float | None,
+        pm: bool,
+    ) -> torch.Tensor:
         b, n, _ = theta.shape
         y = _new(b, n, g.shape[2], g, pm)
         rows = _chunk_rows(n, phi.shape[1], theta.element_size())
@@ -365,7 +436,10 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy):  # noqa: ANN001, ANN205
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, dy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         theta, phi, g = ctx.saved_tensors
         scale = ctx.scale
         b, n, _ = theta.shape
@@ -381,7 +455,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
                 p = _probs(th, phi[i], scale)
                 dp = torch.mm(dyc, g[i].t())  # (n_c, M)
                 dg[i].addmm_(p.t(), dyc)
-                ds = torch._softmax_backward_data(dp, p, 1, p.dtype)
+                ds = aten_ops.softmax_backward(dp, p, 1)
                 if scale is not None:
                     ds.mul_(scale)
                 torch.mm(ds, phi[i], out=dtheta[i, r : r + rows])
@@ -397,7 +471,9 @@ class _MaxPoolLean(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t, spatial, pool, pm):  # noqa: ANN001, ANN205
+    def forward(
+        ctx: FunctionCtx, t: torch.Tensor, spatial: tuple[int, ...], pool: nn.Module, pm: bool
+    ) -> torch.Tensor:
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(spatial)]
         t5 = t.transpose(1, 2).unflatten(2, spatial)
         out, idx = fn(t5, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True)
@@ -406,7 +482,8 @@ class _MaxPoolLean(torch.autograd.Function):
         return out.flatten(2).transpose(1, 2)
 
     @staticmethod
-    def backward(ctx, dout):  # noqa: ANN001, ANN205
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (idx,) = ctx.saved_tensors
         b, _, k = idx.shape
         dt = _new(b, ctx.n, k, dout, ctx.pm).zero_()
@@ -432,7 +509,17 @@ class _LeanBNResidual(torch.autograd.Function):
         return plain and bn.affine and (bn.track_running_stats or bn.training)
 
     @staticmethod
-    def forward(ctx, y, w, bias, gamma, beta, xm, bn, pm):  # noqa: ANN001, ANN205
+    def forward(
+        ctx: FunctionCtx,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        bias: torch.Tensor | None,
+        gamma: torch.Tensor,
+        beta: torch.Tensor,
+        xm: torch.Tensor,
+        bn: nn.Module,
+        pm: bool,
+    ) -> torch.Tensor:
         wy = _linear(y, w, bias, pm)
         training = bn.training or bn.running_mean is None
         momentum = 0.0 if bn.momentum is None else bn.momentum
@@ -445,7 +532,7 @@ class _LeanBNResidual(torch.autograd.Function):
             raise ValueError(  # nn.BatchNorm's check: the batch variance of one value is undefined
                 f"Expected more than 1 value per channel when training, got input size {tuple(wy.shape)}"
             )
-        z, mean, invstd = torch.native_batch_norm(  # updates the running statistics as nn.BatchNorm
+        z, mean, invstd = aten_ops.batch_norm_forward(  # updates the running statistics as nn.BatchNorm
             _bn_view(wy, pm), gamma, beta, *running, training, momentum, bn.eps
         )
         del wy
@@ -458,14 +545,15 @@ class _LeanBNResidual(torch.autograd.Function):
         return z
 
     @staticmethod
-    def backward(ctx, dz):  # noqa: ANN001, ANN205
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dz: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         y, w, bias, gamma, *stats = ctx.saved_tensors
         pm = ctx.pm
         wy = _linear(y, w, bias, pm)
         rm, rv, sm, si = (None, None, *stats) if ctx.training else (*stats, None, None)
         dz = dz.contiguous(memory_format=torch.channels_last if pm else torch.contiguous_format)
-        dwy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            dz, _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps, [True] * 3
+        dwy, dgamma, dbeta = aten_ops.batch_norm_backward(
+            dz, _bn_view(wy, pm), gamma, rm, rv, sm, si, ctx.training, ctx.eps
         )
         del wy
         dwy = _from_bn_view(dwy)
