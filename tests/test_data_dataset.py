@@ -147,6 +147,24 @@ def test_missing_root_and_errors_at_construction(tmp_path):
         build_dataset(kinetics_cfg(tmp_path), "training")
 
 
+def test_config_keys_are_read_not_defaulted(tmp_path):
+    """The yaml is the one source of defaults: a key missing from the config is a one-line error naming
+    it (no fallback value in code), and an unknown format lists the known ones."""
+    (tmp_path / "train.csv").write_text("a.mp4 0\n")
+    (tmp_path / "val.csv").write_text("a.mp4 0\n")
+    cfg = kinetics_cfg(tmp_path)
+    del cfg["decoder"]
+    with pytest.raises(ValueError, match=r"^data\.decoder is missing from the config"):
+        build_dataset(cfg, "train")
+    cfg = kinetics_cfg(tmp_path)
+    del cfg.val["num_clips"]
+    with pytest.raises(ValueError, match=r"^data\.val\.num_clips is missing"):
+        build_dataset(cfg, "val")
+    with pytest.raises(ValueError, match="^data.format='avi_list' is not known; choose one of: kinetics_csv, "
+                       "kinetics_folder, charades$"):
+        build_dataset(kinetics_cfg(tmp_path, format="avi_list"), "train")
+
+
 def test_synthetic_kinetics_form(synthetic_cfg):
     train = build_dataset(synthetic_cfg, "train")
     assert (train.num_classes, train.num_videos, train.multi_label) == (4, 16, False)

@@ -1,5 +1,9 @@
 """The clip dataset and :func:`build_dataset` (config -> dataset).
 
+``data.format`` names the annotation reader in :data:`FORMATS` (Kinetics lists or folders, Charades
+CSVs); every other setting comes from the ``data`` config as it is, with no defaults in code
+(:mod:`nlvideo.data.config`).
+
 Items are views: ``len(ds) == ds.num_videos * ds.num_views`` and item ``i`` is view
 ``i % num_views`` of video ``i // num_views``; view ``v`` is temporal clip ``v // num_crops`` and
 spatial crop ``v % num_crops``. ``train`` has one random clip per video; ``val`` uses
@@ -29,15 +33,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import Dataset
 
 from nlvideo.data import annotations as ann
+from nlvideo.data.config import require
 from nlvideo.data.decode import DecodeError, open_video
 from nlvideo.data.sampler import derive_seed
 from nlvideo.data.sampling import frame_stride, test_clip_indices, train_clip_indices
@@ -69,10 +75,10 @@ class ClipSpec:
     num_crops: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    hflip: bool = True
-    decoder: str = "decord"
-    decode_threads: int = 1
-    max_retries: int = 10
+    hflip: bool
+    decoder: str
+    decode_threads: int
+    max_retries: int
 
 
 class VideoDataset(Dataset):
@@ -186,42 +192,53 @@ class VideoDataset(Dataset):
 # ----------------------------------------------------------------------------------- build_dataset
 
 
-def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
-    try:
-        value = cfg.get(key, default)
-    except Exception:  # omegaconf MissingMandatoryValue for '???'
-        return default
-    return default if value is None else value
-
-
 def data_root(cfg: Mapping) -> Path:
-    """``data.root`` with a helpful message when it is missing (``???`` in the yaml)."""
-    name = _get(cfg, "name", "?")
-    hint = f"data.root is required for data={name}: set data.root=/path/to/videos"
+    """``data.root`` with a hint on what to pass when it is missing (``???`` in the yaml).
+
+    :func:`nlvideo.engine.config.validate_config` makes the same check for train.py and eval.py; this
+    one serves every other caller of :func:`build_dataset` (``nlvideo.visualize``, scripts, tests).
+    """
     try:
         root = cfg["root"]
-    except Exception as e:  # MissingMandatoryValue, KeyError, ConfigKeyError
-        raise ValueError(hint) from e
+    except (KeyError, MissingMandatoryValue):  # absent, or ``???``
+        root = None
     if root in (None, "", "???"):
-        raise ValueError(hint)
+        name = cfg.get("name") or "?"
+        raise ValueError(f"data.root is required for data={name}: set data.root=/path/to/videos")
     return Path(str(root)).expanduser()
 
 
+def _float_tuple(v: float | Sequence[float]) -> tuple[float, ...]:
+    """``mean``/``std``: a number, or one number per RGB channel."""
+    if isinstance(v, (int, float)):
+        return (float(v),)
+    return tuple(float(x) for x in v)
+
+
 def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
-    scales = list(_get(cfg, "train_jitter_scales", [256, 320]))
+    """The :class:`ClipSpec` of ``split`` from the ``data`` config.
+
+    Every value comes from the config (see :mod:`nlvideo.data.config`: the yaml holds the defaults).
+    The evaluation views default to PySlowFast's: ``val`` at ``train_jitter_scales[0]`` /
+    ``train_crop_size``, ``test`` at ``test_scale`` / ``test_crop_size``; ``data.<split>.scale`` and
+    ``data.<split>.crop_size`` (absent from the yamls) override them when given.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}; expected one of {SPLITS}")
+    scales = list(require(cfg, "train_jitter_scales"))
     if len(scales) != 2:
         raise ValueError(f"data.train_jitter_scales must be [min, max], got {scales}")
-    train_crop = int(_get(cfg, "train_crop_size", 224))
+    train_crop = int(require(cfg, "train_crop_size"))
     common = dict(
-        num_frames=int(_get(cfg, "num_frames", 8)),
-        sampling_rate=int(_get(cfg, "sampling_rate", 8)),
-        target_fps=_get(cfg, "target_fps"),
-        mean=tuple(ann_float_list(_get(cfg, "mean", 114.75))),
-        std=tuple(ann_float_list(_get(cfg, "std", 57.375))),
-        hflip=bool(_get(cfg, "train_hflip", True)),
-        decoder=str(_get(cfg, "decoder", "decord")),
-        decode_threads=int(_get(cfg, "decode_threads", 1)),
-        max_retries=int(_get(cfg, "max_retries", 10)),
+        num_frames=int(require(cfg, "num_frames")),
+        sampling_rate=int(require(cfg, "sampling_rate")),
+        target_fps=require(cfg, "target_fps"),
+        mean=_float_tuple(require(cfg, "mean")),
+        std=_float_tuple(require(cfg, "std")),
+        hflip=bool(require(cfg, "train_hflip")),
+        decoder=str(require(cfg, "decoder")),
+        decode_threads=int(require(cfg, "decode_threads")),
+        max_retries=int(require(cfg, "max_retries")),
     )
     if split == "train":
         return ClipSpec(
@@ -233,15 +250,13 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
             num_crops=1,
             **common,
         )
-    views = _get(cfg, split, {})
+    views = require(cfg, split)
     if split == "val":
-        scale = int(_get(views, "scale", scales[0]))
-        crop = int(_get(views, "crop_size", train_crop))
-        clips, crops = int(_get(views, "num_clips", 1)), int(_get(views, "num_crops", 1))
+        scale, crop = scales[0], train_crop
     else:
-        scale = int(_get(views, "scale", _get(cfg, "test_scale", 256)))
-        crop = int(_get(views, "crop_size", _get(cfg, "test_crop_size", 256)))
-        clips, crops = int(_get(views, "num_clips", 10)), int(_get(views, "num_crops", 3))
+        scale, crop = require(cfg, "test_scale"), require(cfg, "test_crop_size")
+    scale = int(scale if views.get("scale") is None else views["scale"])
+    crop = int(crop if views.get("crop_size") is None else views["crop_size"])
     if crop > scale:
         raise ValueError(f"data: {split} crop size {crop} is larger than its short-side scale {scale}")
     return ClipSpec(
@@ -249,25 +264,72 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
         min_scale=scale,
         max_scale=scale,
         crop_size=crop,
-        num_clips=clips,
-        num_crops=crops,
+        num_clips=int(require(views, "num_clips", f"data.{split}")),
+        num_crops=int(require(views, "num_crops", f"data.{split}")),
         **common,
     )
 
 
-def ann_float_list(v: Any) -> list[float]:
-    if isinstance(v, (int, float)):
-        return [float(v)]
-    return [float(x) for x in v]
-
-
 def _split_file(cfg: Mapping, root: Path, split: str) -> Path:
     key = f"{split}_list"
-    name = _get(cfg, key)
+    name = require(cfg, key)
     if name is None:
         raise ValueError(f"data.{key} is not set (the annotation file of the {split!r} split)")
     p = Path(str(name))
     return p if p.is_absolute() else root / p
+
+
+Annotations = tuple[list[ann.VideoRecord], list[str]]
+
+
+def _read_kinetics_csv(
+    cfg: Mapping, root: Path, split: str, num_classes: int | None, class_file: Path | None
+) -> Annotations:
+    return ann.read_kinetics_list(
+        _split_file(cfg, root, split), root, num_classes, class_file, _split_file(cfg, root, "train")
+    )
+
+
+def _read_kinetics_folder(
+    cfg: Mapping, root: Path, split: str, num_classes: int | None, class_file: Path | None
+) -> Annotations:
+    class_names = None
+    if split != "train":  # the class order is the training split's, whatever folders val/test have
+        _, class_names = ann.read_kinetics_folder(root / str(require(cfg, "train_dir")), num_classes)
+    return ann.read_kinetics_folder(root / str(require(cfg, f"{split}_dir")), num_classes, class_names)
+
+
+def _read_charades(
+    cfg: Mapping, root: Path, split: str, num_classes: int | None, class_file: Path | None
+) -> Annotations:
+    if num_classes is None:
+        raise ValueError("data.num_classes is required for data.format=charades (157 for Charades v1)")
+    records = ann.read_charades_csv(
+        _split_file(cfg, root, split),
+        root / str(require(cfg, "video_dir")),
+        num_classes,
+        str(require(cfg, "video_ext")),
+    )
+    return records, ann.charades_class_names(num_classes, class_file)
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """How to read one ``data.format``: its annotation reader and whether its labels are multi-label.
+
+    ``read(cfg, root, split, num_classes, class_file) -> (records, class_names)``.
+    """
+
+    read: Callable[[Mapping, Path, str, int | None, Path | None], Annotations]
+    multi_label: bool
+
+
+# data.format -> reader. A new annotation format is one entry here.
+FORMATS: dict[str, DataFormat] = {
+    "kinetics_csv": DataFormat(_read_kinetics_csv, multi_label=False),
+    "kinetics_folder": DataFormat(_read_kinetics_folder, multi_label=False),
+    "charades": DataFormat(_read_charades, multi_label=True),
+}
 
 
 def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
@@ -275,40 +337,22 @@ def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; expected one of {SPLITS}")
     root = data_root(cfg)
-    fmt = _get(cfg, "format")
-    num_classes = _get(cfg, "num_classes")
+    fmt_name = require(cfg, "format")
+    if fmt_name not in FORMATS:
+        raise ValueError(f"data.format={fmt_name!r} is not known; choose one of: {', '.join(FORMATS)}")
+    fmt = FORMATS[fmt_name]
+    multi_label = bool(require(cfg, "multi_label"))
+    if multi_label != fmt.multi_label:
+        raise ValueError(f"data.multi_label={multi_label} does not fit data.format={fmt_name}")
+    num_classes = require(cfg, "num_classes")
     num_classes = None if num_classes is None else int(num_classes)
-    multi_label = bool(_get(cfg, "multi_label", False))
-    generate = _get(cfg, "generate")
+    generate = cfg.get("generate")  # only the built-in synthetic dataset has this key
     if generate is not None:
         from nlvideo.data.synthetic import ensure_synthetic
 
         ensure_synthetic(root, **dict(generate))
-
-    class_file = _get(cfg, "class_file")
-    if class_file is not None and not Path(str(class_file)).is_absolute():
-        class_file = root / str(class_file)
-    if fmt == "kinetics_csv":
-        records, class_names = ann.read_kinetics_list(
-            _split_file(cfg, root, split), root, num_classes, class_file, _split_file(cfg, root, "train")
-        )
-    elif fmt == "kinetics_folder":
-        train_dir = root / str(_get(cfg, "train_dir", "train"))
-        class_names = None
-        if split != "train":
-            _, class_names = ann.read_kinetics_folder(train_dir, num_classes)
-        split_dir = root / str(_get(cfg, f"{split}_dir", split))
-        records, class_names = ann.read_kinetics_folder(split_dir, num_classes, class_names)
-    elif fmt == "charades":
-        if num_classes is None:
-            raise ValueError("data.num_classes is required for data.format=charades (157 for Charades v1)")
-        video_dir = root / str(_get(cfg, "video_dir", "."))
-        records = ann.read_charades_csv(
-            _split_file(cfg, root, split), video_dir, num_classes, str(_get(cfg, "video_ext", ".mp4"))
-        )
-        class_names = ann.charades_class_names(num_classes, class_file)
-    else:
-        raise ValueError(f"data.format={fmt!r}; expected kinetics_csv, kinetics_folder or charades")
-    if multi_label != (fmt == "charades"):
-        raise ValueError(f"data.multi_label={multi_label} does not fit data.format={fmt}")
+    class_file = require(cfg, "class_file")
+    if class_file is not None:
+        class_file = root / str(class_file)  # relative to the root; an absolute path stays as it is
+    records, class_names = fmt.read(cfg, root, split, num_classes, class_file)
     return VideoDataset(records, class_names, split, clip_spec(cfg, split), multi_label=multi_label)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nlvideo.data.config import require
+
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors; concatenate the per-item ``failures`` lists into one flat list."""
@@ -50,20 +52,21 @@ def build_loader(
     ``drop_last`` (incomplete final batch) defaults to True for the train split, False otherwise.
     ``num_workers`` defaults to ``data.num_workers``.
     """
-    workers = int(cfg.get("num_workers", 0) if num_workers is None else num_workers)
+    workers = int(require(cfg, "num_workers") if num_workers is None else num_workers)
     if drop_last is None:
         drop_last = getattr(dataset, "split", "train") == "train"
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs["persistent_workers"] = bool(cfg.get("persistent_workers", True))
-        kwargs["prefetch_factor"] = int(cfg.get("prefetch_factor", 2) or 2)
+        prefetch = require(cfg, "prefetch_factor")
+        kwargs["persistent_workers"] = bool(require(cfg, "persistent_workers"))
+        kwargs["prefetch_factor"] = int(prefetch) if prefetch else None  # null or 0: torch's default (2)
         kwargs["worker_init_fn"] = seed_worker
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=bool(cfg.get("pin_memory", True)) and torch.cuda.is_available(),
+        pin_memory=bool(require(cfg, "pin_memory")) and torch.cuda.is_available(),
         drop_last=drop_last,
         collate_fn=collate_clips,
         generator=torch.Generator().manual_seed(int(getattr(sampler, "seed", 0))),
