@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +53,17 @@ def load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, DictConfig]:
 
 
 def load_clip(path: str | Path, data_cfg: DictConfig) -> tuple[torch.Tensor, np.ndarray]:
-    """The validation view of a video: the normalised clip (3, T, H, W) and its frames for display."""
-    from nlvideo.data import clip_spec, open_video
-    from nlvideo.data.sampling import frame_stride, test_clip_indices
-    from nlvideo.data.transforms import test_transform
+    """The validation view of a video: the normalised clip (3, T, H, W) and its frames for display.
 
-    spec = clip_spec(data_cfg, "val")
-    video = open_video(str(path), spec.decoder, spec.decode_threads)
-    try:
-        stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
-        frames = video.get_batch(test_clip_indices(video.num_frames, spec.num_frames, stride, 0, 1))
-    finally:
-        video.close()
-    clip = test_transform(frames, spec.min_scale, spec.crop_size, 0, 1, spec.mean, spec.std)
+    The clip comes from the dataset's own code path (:func:`nlvideo.data.read_clip` with the run's
+    ``val`` :class:`~nlvideo.data.ClipSpec`): the decoding, frame sampling and transform that
+    validation uses. Of its views only the centre clip and centre crop is taken, whatever
+    ``data.val.num_clips``/``num_crops`` are.
+    """
+    from nlvideo.data import clip_spec, read_clip
+
+    spec = replace(clip_spec(data_cfg, "val"), num_clips=1, num_crops=1)
+    clip, _, _ = read_clip(spec, str(path))
     mean = torch.tensor(spec.mean).view(-1, 1, 1, 1)
     std = torch.tensor(spec.std).view(-1, 1, 1, 1)
     shown = (clip * std + mean).clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()  # (T, H, W, 3)

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from nlvideo.compare import compare, find_event_dirs, load_run
+from nlvideo.data import build_dataset
 from nlvideo.models import build_video_resnet
-from nlvideo.visualize import block_attention, render
+from nlvideo.visualize import block_attention, load_clip, render
 from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
 
 
@@ -97,6 +98,13 @@ def test_visualize_a_trained_checkpoint_writes_a_png(two_runs, tmp_path):
     image = Image.open(out)
     image.verify()
     assert image.size[0] > 4 * image.size[1]  # a strip of the clip's frames
+
+
+def test_visualised_clip_is_the_datasets_validation_view(synthetic_cfg):
+    ds = build_dataset(synthetic_cfg, "val")
+    clip, shown = load_clip(ds.records[3].path, synthetic_cfg)
+    assert torch.equal(clip, ds[3 * ds.num_views]["clip"])
+    assert shown.shape == (8, 48, 48, 3) and shown.dtype == "uint8"
 
 
 @pytest.mark.parametrize("instantiation", ["gaussian", "embedded_gaussian", "dot_product", "concatenation"])

@@ -10,7 +10,7 @@ Public API (other modules code against these names)::
 """
 
 import nlvideo  # noqa: F401  (torchvision compat shim before any torchvision import)
-from nlvideo.data.dataset import ClipSpec, VideoDataset, build_dataset, clip_spec, data_root
+from nlvideo.data.dataset import ClipSpec, VideoDataset, build_dataset, clip_spec, data_root, read_clip
 from nlvideo.data.decode import DecodeError, open_video
 from nlvideo.data.loader import build_loader, collate_clips
 from nlvideo.data.sampler import ClipSampler, derive_seed
@@ -27,4 +27,5 @@ __all__ = [
     "data_root",
     "derive_seed",
     "open_video",
+    "read_clip",
 ]

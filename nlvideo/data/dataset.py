@@ -81,6 +81,38 @@ class ClipSpec:
     max_retries: int
 
 
+def read_clip(
+    spec: ClipSpec, path: str, view: int = 0, rng: random.Random | None = None
+) -> tuple[torch.Tensor, list[int], float]:
+    """Decode and transform view ``view`` of the video at ``path``: the dataset's one code path from a
+    file to a clip, also used by tools that show a single video (:mod:`nlvideo.visualize`).
+
+    Returns the clip (3, T, H, W), the frame indices it was taken from and the video's fps (for
+    placing the clip in time). ``rng`` draws the clip start, scale, crop and flip of a training spec;
+    evaluation views are deterministic and need none. Raises :class:`DecodeError` for an unreadable
+    video.
+    """
+    if spec.train and rng is None:
+        raise ValueError("read_clip: a training spec draws its clip from rng; pass one")
+    video = open_video(path, spec.decoder, spec.decode_threads)
+    try:
+        stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
+        if spec.train:
+            idx = train_clip_indices(video.num_frames, spec.num_frames, stride, rng)
+        else:
+            clip_idx = view // spec.num_crops
+            idx = test_clip_indices(video.num_frames, spec.num_frames, stride, clip_idx, spec.num_clips)
+        frames = video.get_batch(idx)
+    finally:
+        video.close()
+    mean, std, crop = spec.mean, spec.std, spec.crop_size
+    if spec.train:
+        clip = train_transform(frames, rng, spec.min_scale, spec.max_scale, crop, mean, std, spec.hflip)
+    else:
+        clip = test_transform(frames, spec.min_scale, crop, view % spec.num_crops, spec.num_crops, mean, std)
+    return clip, idx, video.fps
+
+
 class VideoDataset(Dataset):
     def __init__(
         self,
@@ -120,27 +152,9 @@ class VideoDataset(Dataset):
         return torch.tensor(labels[0], dtype=torch.int64)
 
     def _load(self, rec: ann.VideoRecord, view: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.spec
-        video = open_video(rec.path, s.decoder, s.decode_threads)
-        try:
-            stride = frame_stride(s.sampling_rate, video.fps, s.target_fps)
-            if s.train:
-                idx = train_clip_indices(video.num_frames, s.num_frames, stride, rng)
-            else:
-                idx = test_clip_indices(
-                    video.num_frames, s.num_frames, stride, view // s.num_crops, s.num_clips
-                )
-            frames = video.get_batch(idx)
-        finally:
-            video.close()
-        if s.train:
-            clip = train_transform(frames, rng, s.min_scale, s.max_scale, s.crop_size, s.mean, s.std, s.hflip)
-        else:
-            clip = test_transform(
-                frames, s.min_scale, s.crop_size, view % s.num_crops, s.num_crops, s.mean, s.std
-            )
-        if self.multi_label and self.split == "train" and video.fps > 0:
-            labels = rec.labels_in_span(idx[0] / video.fps, (idx[-1] + 1) / video.fps)
+        clip, idx, fps = read_clip(self.spec, rec.path, view, rng)
+        if self.multi_label and self.split == "train" and fps > 0:
+            labels = rec.labels_in_span(idx[0] / fps, (idx[-1] + 1) / fps)
         else:
             labels = rec.video_labels
         return clip, self._target(labels)
