@@ -3,11 +3,12 @@
 from nlvideo.models.build import build_video_resnet, to_channels_last_3d
 from nlvideo.models.inflate import inflate_state_dict
 from nlvideo.models.nonlocal_block import INSTANTIATIONS, NonLocalBlock
-from nlvideo.models.resnet import VideoResNet
+from nlvideo.models.resnet import NONLOCAL_PREFIX, VideoResNet, is_nonlocal_name, nonlocal_name
 from nlvideo.models.spec import ConfigError, ModelSpec, NonLocalSpec, make_spec
 
 __all__ = [
     "INSTANTIATIONS",
+    "NONLOCAL_PREFIX",
     "ConfigError",
     "ModelSpec",
     "NonLocalBlock",
@@ -15,6 +16,8 @@ __all__ = [
     "VideoResNet",
     "build_video_resnet",
     "inflate_state_dict",
+    "is_nonlocal_name",
     "make_spec",
+    "nonlocal_name",
     "to_channels_last_3d",
 ]

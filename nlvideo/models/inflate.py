@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nlvideo.models.resnet import is_nonlocal_name
+
 log = logging.getLogger(__name__)
 
 _PREFIXES = [  # torchvision name -> nlvideo name
@@ -66,7 +68,7 @@ def inflate_state_dict(model: nn.Module, state_dict_2d: dict[str, torch.Tensor])
                 f"inflate: {key_2d} has shape {tuple(value.shape)}, model {key} needs {tuple(shape)}"
             )
         new[key] = value.to(target[key].dtype)
-    missing = [k for k in target if k not in new and ".nl" not in k and not k.startswith("head.fc.")]
+    missing = [k for k in target if k not in new and not is_nonlocal_name(k) and not k.startswith("head.fc.")]
     if missing:
         raise ValueError(
             f"inflate: the 2-D state dict lacks {len(missing)} backbone tensors, e.g. {missing[:3]}"

@@ -13,7 +13,9 @@ Layout, as the reference code (video-nonlocal-net; PySlowFast, PyTorchVideo agre
 Non-local blocks are inserted *after* the residual blocks a :class:`NonLocalSpec` names, inside
 :class:`ResStage` (look at its ``forward``). Module names of the residual blocks
 (``res3.0.conv1``) do not shift when NL blocks are added (``res3.nl1``), so 2-D ImageNet weights
-map onto every variant the same way (see :mod:`nlvideo.models.inflate`).
+map onto every variant the same way (see :mod:`nlvideo.models.inflate`). The NL block after residual
+block ``i`` of a stage is its child ``nl{i}`` (:func:`nonlocal_name`); :func:`is_nonlocal_name` is the
+one test of that convention for module, parameter and state-dict names (weight init, inflation).
 
 Temporal pooling per input variant (``input_variant``):
 
@@ -32,6 +34,24 @@ from torch import nn
 
 from nlvideo.models.nonlocal_block import NonLocalBlock
 from nlvideo.models.spec import STAGE_NAMES, ModelSpec, NonLocalSpec
+
+NONLOCAL_PREFIX = "nl"  # ResStage child "nl{i}": the NL block after residual block i
+
+
+def nonlocal_name(after: int) -> str:
+    """Child name, in its :class:`ResStage`, of the NL block after residual block ``after`` (``nl1``)."""
+    return f"{NONLOCAL_PREFIX}{after}"
+
+
+def is_nonlocal_name(name: str) -> bool:
+    """Whether a dotted module/parameter/state-dict name lies in an NL block (``res3.nl1.theta.weight``).
+
+    Residual blocks are named by their index alone (``res3.1.conv1``), so a name part ``nl<digits>``
+    is an NL block and nothing else.
+    """
+    n = len(NONLOCAL_PREFIX)
+    return any(p.startswith(NONLOCAL_PREFIX) and p[n:].isdigit() for p in name.split("."))
+
 
 _STEM_TEMPORAL = {  # input_variant -> (conv1 temporal stride, pool1 temporal kernel/stride)
     "8x8": (1, 1),
@@ -77,7 +97,8 @@ class Bottleneck(nn.Module):
 
 
 class ResStage(nn.Module):
-    """One residual stage: bottlenecks ``"0".."n-1"`` and NL blocks ``"nl{i}"`` after block i."""
+    """One residual stage: bottlenecks ``"0".."n-1"`` and NL blocks :func:`nonlocal_name` (``"nl{i}"``)
+    after block i."""
 
     def __init__(
         self,
@@ -103,7 +124,7 @@ class ResStage(nn.Module):
             )
             self.add_module(str(i), block)
         for i in self.nonlocal_after:
-            self.add_module(f"nl{i}", NonLocalBlock(**nonlocal_spec.block_kwargs(width * 4)))
+            self.add_module(nonlocal_name(i), NonLocalBlock(**nonlocal_spec.block_kwargs(width * 4)))
 
     def forward(
         self, x: torch.Tensor, attention: dict[str, torch.Tensor] | None = None, prefix: str = ""
@@ -113,11 +134,11 @@ class ResStage(nn.Module):
             if i in self.nonlocal_after:
                 # Here a non-local block follows residual block i: every position of the clip sees
                 # every other one (all frames, all locations) before the next residual block.
-                nl = getattr(self, f"nl{i}")
+                nl = getattr(self, nonlocal_name(i))
                 if attention is None:
                     x = nl(x)
                 else:
-                    x, attention[f"{prefix}nl{i}"] = nl(x, return_nl_map=True)
+                    x, attention[prefix + nonlocal_name(i)] = nl(x, return_nl_map=True)
         return x
 
 
@@ -174,9 +195,9 @@ class VideoResNet(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, NonLocalBlock):
                 continue  # initialised by the block itself (its zero BN makes it the identity)
-            if isinstance(m, nn.Conv3d) and ".nl" not in name:
+            if isinstance(m, nn.Conv3d) and not is_nonlocal_name(name):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d) and ".nl" not in name:
+            elif isinstance(m, nn.BatchNorm3d) and not is_nonlocal_name(name):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.spec.zero_init_residual:  # last BN of each bottleneck starts at 0 (PySlowFast's default)
