@@ -10,7 +10,8 @@ Distributed split as ``torch.utils.data.DistributedSampler``: rank ``r`` of ``W`
 positions ``r, r + W, r + 2W, ...``; with ``drop_last`` the order is truncated to a multiple of
 ``W``, otherwise padded by repeating its beginning, so every rank has the same number of samples
 (DDP deadlocks when ranks run different numbers of batches). With padding some samples appear
-twice in an epoch; evaluation de-duplicates by ``(video_index, view_index)``.
+twice in an epoch; evaluation drops them again (the padded positions are those past the end of the
+order, see :func:`nlvideo.engine.evaluate.rank_positions_kept`), so every view counts once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def derive_seed(*parts: int) -> int:
 
 
 class ClipSampler(Sampler):
+    """``(index, aug_seed)`` for this rank, in the epoch's order (see the module docstring).
+
+    ``set_epoch(epoch, start)`` selects the epoch and, to resume mid-epoch, skips the ``start``
+    samples this rank already consumed: the remaining ones are the same as in an uninterrupted run.
+    """
+
     def __init__(
         self,
         num_samples: int,

@@ -43,12 +43,6 @@ which the next ReLU layers at the cue can compute "my colour also appears later"
 are about appearance, not position or motion, which the non-local operation (no positional
 encoding) could not see. I3D can relate frames through its temporal kernels, stacked over stages.
 
-History: version 1 (8 classes, also "probe at the cue's place" and "movers go the same way") was
-learned by no model within the CPU budget, and a block without positional encoding cannot express
-positions. Version 2 (these two relations, 6 colours, 100 training videos per class at 80x80) was
-memorised instead of learned by every model (training error 1-5 %, validation at chance). Version 3
-has 3 colours, 300 training videos per class and 64x64 frames (48 px crops: ~2.5x the clips/s).
-
 All relations are invariant to horizontal flips, and the centre of every key object stays inside
 every training crop (short side jittered to [48, 56], 48 px crop; the discs stay wholly inside).
 With 8x8 or 32x2 sampling a training clip spans 57 or 63 of the 64 frames, so it always contains
