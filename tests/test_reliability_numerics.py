@@ -1,6 +1,6 @@
 """Numerics: a run that really diverges (no injected NaN) stops naming the iteration and the last good
 checkpoint, which is intact and resumable with a lower learning rate; fp16 overflow is absorbed by the
-GradScaler through the trainer's own step code (``train.train_one_epoch``): overflowing steps are
+GradScaler through the trainer's own step code (``nlvideo.engine.trainer.train_step``): overflowing steps are
 skipped without touching the weights, the scale backs off, training goes on. (The injected-NaN stop is
 tests/test_train_run.py::test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint.)
 
@@ -14,15 +14,13 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import train as trainer
 from nlvideo.engine import checkpoint as ck
-from nlvideo.engine.bad_videos import BadVideoReport
-from nlvideo.engine.logging import TensorBoard
 from nlvideo.engine.optim import build_optimizer, build_scheduler
-from nlvideo.engine.preemption import PreemptionHandler
+from nlvideo.engine.runtime import build_model, make_forward
+from nlvideo.engine.state import TrainState
+from nlvideo.engine.trainer import Loop, train_step
 from tests.test_train_run import REPO, run_app, tiny_overrides
 
 
@@ -64,12 +62,12 @@ def test_fp16_overflow_steps_are_skipped_by_the_scaler(device, clip_grad_norm):
         pytest.skip("needs CUDA")
     cfg = _cfg(f"trainer.device={device}", f"optim.clip_grad_norm={clip_grad_norm or 'null'}")
     dev = torch.device(device)
-    net = trainer.build_model(cfg, dev)
+    net = build_model(cfg, dev)
     optimizer = build_optimizer(net, cfg.optim, 2)
     scheduler = build_scheduler(optimizer, cfg.optim, 100, 100)
     # The trainer's scaler, started so high that the first fp16 backward passes overflow.
     scaler = torch.amp.GradScaler(device, init_scale=2.0**20)
-    forward = trainer.make_forward(cfg, dev)
+    forward = make_forward(cfg, dev)
     g = torch.Generator().manual_seed(0)
 
     def batches():
@@ -78,15 +76,13 @@ def test_fp16_overflow_steps_are_skipped_by_the_scaler(device, clip_grad_norm):
                    "label": torch.randint(0, 4, (2,), generator=g), "failures": []}
 
     stream = batches()
+    loop = Loop(cfg=cfg, net=net, model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                forward=forward, multi_label=False, per_rank_batch=2, iters_per_epoch=100, total_iters=100)
     skipped = applied = 0
     for it in range(12):
         before = [p.detach().clone() for p in net.parameters()]
         scale = scaler.get_scale()
-        trainer.train_one_epoch(
-            cfg, net, stream, optimizer, scheduler, scaler, forward, F.cross_entropy, False, epoch=0,
-            num_epochs=1, first_step=it, steps=it + 1, start_iteration=it, global_batch=2,
-            tb=TensorBoard(None, enabled=False), preemption=PreemptionHandler([]), save=lambda *a: None,
-            last_ckpt=lambda: None, bad_videos=BadVideoReport())
+        train_step(loop, TrainState(step=it, iteration=it), next(stream), steps=100)
         same = all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
         assert all(torch.isfinite(p).all() for p in net.parameters())
         if scaler.get_scale() < scale:  # overflow: the step was skipped, the weights untouched

@@ -16,12 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.engine.logging import PROGRESS_MODES
 from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS
-
-try:  # the model zoo's error type, so callers catch one class
-    from nlvideo.models import ConfigError
-except ImportError:  # pragma: no cover
-    class ConfigError(ValueError):
-        """A config value is invalid; the message names the key."""
+from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
 
 AMP_MODES = (None, "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")

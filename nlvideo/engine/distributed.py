@@ -106,11 +106,6 @@ def env_rank() -> int:
     return 0
 
 
-def barrier() -> None:
-    if get_world_size() > 1:
-        dist.barrier()
-
-
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -135,21 +130,8 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / get_world_size()
 
 
-def reduce_scalars(values: dict[str, float], average: bool = True) -> dict[str, float]:
-    """All-reduce a dict of Python floats in one collective (mean by default, else sum)."""
-    if get_world_size() == 1 or not values:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    t = all_reduce_mean(t) if average else all_reduce_sum(t)
-    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
 
 
-def any_rank(flag: bool) -> bool:
-    """True if ``flag`` is True on at least one rank (used for stop/preemption decisions)."""
-    if get_world_size() == 1:
-        return bool(flag)
-    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
 
 def broadcast_object(obj, src: int = 0):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from nlvideo.engine import distributed as du
+from nlvideo.engine.logging import Progress
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,11 @@ def write_json(path: str | os.PathLike, obj) -> None:
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes: int, multi_label: bool,
                    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-                   progress: Callable | None = None) -> VideoScoreAggregator:
+                   progress: Progress | None = None) -> VideoScoreAggregator:
     """Forward every clip of ``loader`` and aggregate per video (all-reduced over ranks).
 
     Padding that a DistributedSampler-style sampler adds to even out ranks is dropped, so each view is
-    counted once. ``forward(model, clip) -> logits``.
+    counted once. ``forward(model, clip) -> logits``; ``progress`` ticks once per batch.
     """
     was_training = model.training
     model.eval()
@@ -136,7 +137,7 @@ def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes:
     info = du.info()
     n_items = len(loader.dataset)
     seen = 0
-    for batch in (progress(loader) if progress else loader):
+    for batch in loader:
         logits = forward(model, batch["clip"])
         b = logits.shape[0]
         keep = rank_positions_kept(n_items, info.rank, info.world_size, seen + b)[seen:]
@@ -146,6 +147,21 @@ def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes:
         agg.update(logits, batch["label"], batch["video_index"], valid)
         for path, reason in batch.get("failures") or []:
             agg.failures.setdefault(path, reason)
+        if progress is not None:
+            progress.update()
     agg.reduce()
     model.train(was_training)
     return agg
+
+
+def evaluate_dataset(model: torch.nn.Module, loader, ds, forward: Callable[[torch.nn.Module, torch.Tensor],
+                     torch.Tensor], trainer_cfg, desc: str) -> VideoScoreAggregator:
+    """:func:`run_evaluation` over every view of dataset ``ds`` with the progress display that
+    ``trainer.progress`` / ``trainer.log_period`` ask for (validation in training, and eval.py)."""
+    progress = Progress(loader, total=len(loader), desc=desc, mode=trainer_cfg.progress,
+                        log_period=int(trainer_cfg.log_period))
+    try:
+        return run_evaluation(model, loader, ds.num_videos, ds.num_classes, bool(ds.multi_label), forward,
+                              progress=progress)
+    finally:
+        progress.close()

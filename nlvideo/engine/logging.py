@@ -71,12 +71,6 @@ class Progress:
             fields = "  ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
             log.info("%s [%d/%d]  %s  eta %s", self.desc, self.n, self.total, fields, _hms(eta))
 
-    def write(self, msg: str) -> None:
-        if self.mode == "bar":
-            self._bar.write(msg)
-        elif self.mode == "lines":
-            log.info(msg)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -127,10 +121,6 @@ class TensorBoard:
         fw = self.writer._get_file_writer()
         for summary in (exp, ssi, sei):
             fw.add_summary(summary)
-
-    def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self.writer is not None:
-            self.writer.add_text(tag, text, step)
 
     def flush(self) -> None:
         if self.writer is not None:

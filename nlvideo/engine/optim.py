@@ -114,6 +114,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg_optim, iters_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg_optim, iters_per_epoch, total_iters))
 
 
+def restore_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                     saved: dict) -> bool:
+    """Resume the schedule at the checkpoint's iteration with the *configured* base rates.
+
+    The schedule is a pure function of the iteration, so only its position (``last_epoch``) is taken
+    from ``saved``; the base rates stay those of this run's config, so a rerun with a lower
+    ``optim.lr`` after a NaN stop continues at the lower rate. Call after ``optimizer.load_state_dict``.
+    Returns True when the configured rates differ from the checkpoint's."""
+    configured = list(scheduler.base_lrs)
+    scheduler.load_state_dict(saved)
+    changed = scheduler.base_lrs != configured
+    scheduler.base_lrs = configured
+    for group, base, fn in zip(optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    return changed
+
+
 def clip_gradients(model: nn.Module, max_norm: float | None) -> float | None:
     if not max_norm:
         return None

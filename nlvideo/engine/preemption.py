@@ -1,9 +1,9 @@
 """Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption, ``scancel --signal``, time limits).
 
-The handler only records the signal; the training loop polls :meth:`PreemptionHandler.requested` at
-each iteration boundary (agreeing over ranks, since a signal may reach only some of them), saves a
-checkpoint and returns. The process then exits with ``trainer.preempt_exit_code`` (0 by default) and
-a requeued job auto-resumes from that checkpoint.
+The handler only records the signal (:attr:`PreemptionHandler.received`); each training step sends
+that flag through its one all-reduce, so every rank agrees at the same iteration boundary even when
+the signal reached only some of them; the loop then saves a checkpoint and returns. The process exits
+with ``trainer.preempt_exit_code`` (0 by default) and a requeued job auto-resumes from it.
 
 If a Python handler was already installed for the signal (submitit installs one for its timeout
 signal, which requeues the job), it is called after our checkpoint is written, so submitit's requeue
@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Iterable
-
-from nlvideo.engine import distributed as du
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +32,6 @@ class PreemptionHandler:
             self.received = signum
             log.warning("received %s: will checkpoint and stop at the next iteration boundary",
                         signal.Signals(signum).name)
-
-    def requested(self) -> bool:
-        """Collective (call on every rank): True if any rank got a stop signal."""
-        return du.any_rank(self.received is not None)
 
     def chain(self) -> None:
         """Run the handler that was installed before ours (e.g. submitit's requeue), if any."""

@@ -1,0 +1,62 @@
+"""The command-line shell around a job (``train``, ``evaluate``): argv fixes applied before Hydra
+starts, and the mapping of a job's outcome to an exit status.
+
+An entry script is::
+
+    @hydra.main(config_path="configs", config_name="config", version_base="1.3")
+    def main(cfg): run_job(train, cfg)
+
+    if __name__ == "__main__":
+        prepare_argv(CONFIG_DIR)
+        main()
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from nlvideo.engine import distributed as du
+from nlvideo.engine.config import ConfigError, check_group_choices
+
+
+def prepare_argv(config_dir: str | Path) -> None:
+    """Fix ``sys.argv`` for this rank and reject a bad config-group choice before Hydra starts."""
+    sys.argv = nonzero_rank_argv(sys.argv)
+    exit_on_bad_group_choice(sys.argv[1:], config_dir)
+
+
+def exit_on_bad_group_choice(argv: list[str], config_dir: str | Path) -> None:
+    """``model=xyz``: one line naming the allowed choices, exit status 2 (Hydra's error is a dozen)."""
+    try:
+        check_group_choices(argv, config_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def nonzero_rank_argv(argv: list[str]) -> list[str]:
+    """Ranks > 0 of a torchrun/SLURM job must not create Hydra output dirs or log files of their own:
+    rank 0's directory is broadcast to them once the process group is up."""
+    if du.env_rank() == 0:
+        return argv
+    ours = ("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging=")
+    keep = [a for a in argv if not a.startswith(ours)]
+    return keep + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none"]
+
+
+def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
+    """Run ``job(cfg)`` as a command: a ConfigError is one ``error:`` line and exit status 2, a non-zero
+    status from the job exits with it; the process group is always torn down."""
+    try:
+        status = job(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 2
+    finally:
+        du.cleanup()
+    if status:
+        sys.exit(status)

@@ -1,0 +1,101 @@
+"""The testing job (``eval.py`` is its Hydra entry point): multi-view test of a trained checkpoint.
+
+    evaluate            checkpoint -> config recomposed from its overrides -> test split -> scores
+      evaluation_config   the training run's overrides, then this command's
+      write_outputs       metrics.json, predictions.csv, scores.pt, config_resolved.yaml (rank 0)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from nlvideo.engine import checkpoint as ckpt_io
+from nlvideo.engine import distributed as du
+from nlvideo.engine.bad_videos import BadVideoReport
+from nlvideo.engine.config import ConfigError, validate_config
+from nlvideo.engine.evaluate import (
+    VideoScoreAggregator,
+    compute_metrics,
+    evaluate_dataset,
+    write_json,
+    write_predictions,
+)
+from nlvideo.engine.logging import setup_rank_logging
+from nlvideo.engine.runtime import (
+    build_model,
+    build_split,
+    make_forward,
+    run_dir_of_this_job,
+    setup_runtime,
+    task_overrides,
+)
+
+log = logging.getLogger("nlvideo.eval")
+
+
+def evaluation_config(state: dict) -> DictConfig:
+    """The training run's overrides, then this command's (minus ``checkpoint=``), composed afresh."""
+    trained = [o for o in state.get("overrides", []) if not o.startswith("checkpoint=")]
+    mine = [o for o in task_overrides() if not o.startswith("checkpoint=")]
+    return compose(config_name="config", overrides=trained + mine)
+
+
+def evaluate(cfg: DictConfig) -> int:
+    """Test ``cfg.checkpoint`` on the test split; returns the process exit status."""
+    if cfg.checkpoint is None:
+        raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt")
+    info = du.init_distributed()
+    setup_rank_logging(info.rank)
+    path = Path(str(cfg.checkpoint))
+    if not path.is_file():
+        raise ConfigError(f"checkpoint={path} does not exist")
+    state = ckpt_io.load_checkpoint(path)
+    cfg = evaluation_config(state)
+    validate_config(cfg, needs_train=False)
+    run_dir = run_dir_of_this_job()
+    device = setup_runtime(cfg, info.rank)
+
+    ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size))
+    net = build_model(cfg, device)
+    net.load_state_dict(state["model"])
+    log.info("testing %s (%s, iteration %d) on %d videos x %d views", path, cfg.model.name,
+             state.get("iteration", -1), ds.num_videos, ds.num_views)
+    agg = evaluate_dataset(net, loader, ds, make_forward(cfg, device), cfg.trainer, desc="test")
+    bad_videos = BadVideoReport()
+    bad_videos.update(bad_videos.new(agg.failures.items()), "its views are not scored")
+    if info.is_main:
+        write_outputs(run_dir, cfg, ds, agg, path, state)
+    return 0
+
+
+def write_outputs(run_dir: Path, cfg: DictConfig, ds, agg: VideoScoreAggregator, path: Path,
+                  state: dict) -> None:
+    """metrics.json, predictions.csv, scores.pt (per-video mean scores, for ensembling) and the config."""
+    present, scores, labels = agg.result()
+    multi_label = bool(ds.multi_label)
+    metrics = compute_metrics(scores, labels, multi_label)
+    metrics.update({"num_videos": int(len(present)), "skipped_videos": agg.num_failed,
+                    "num_views": int(ds.num_views), "checkpoint": str(path.resolve()),
+                    "iteration": int(state.get("iteration", -1)), "model": str(cfg.model.name)})
+    ids = [_video_id(ds, int(i)) for i in present]
+    write_json(run_dir / "metrics.json", metrics)
+    write_predictions(run_dir / "predictions.csv", ids, scores, labels, list(ds.class_names), multi_label)
+    torch.save({"video": ids, "scores": scores, "labels": labels, "class_names": list(ds.class_names)},
+               run_dir / "scores.pt")
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("test: %s  (%d videos, %d skipped) -> %s", "  ".join(
+        f"{k} {metrics[k]:.2f}" for k in ("top1", "top5", "mAP") if k in metrics),
+        len(present), agg.num_failed, run_dir / "metrics.json")
+
+
+def _video_id(ds, index: int) -> str:
+    """A readable id for video ``index`` if the dataset offers one, else the index."""
+    records = getattr(ds, "records", None)
+    if records is not None and hasattr(records[index], "path"):
+        return str(records[index].path)
+    return str(index)

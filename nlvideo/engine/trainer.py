@@ -1,0 +1,448 @@
+"""The training job, top to bottom (``train.py`` is its Hydra entry point; docs/training.md the guide).
+
+    train               check config -> data -> Loop (model, optimizer, schedule) -> resume -> epochs
+      build_loop        model (+ fine-tuning weights, SyncBN, DDP, compile), optimizer, schedule, scaler
+      start_or_resume   newest valid checkpoint of the run dir (or trainer.resume=PATH) -> TrainState
+      run_epochs        per epoch: train_one_epoch, then validate, then an epoch-end checkpoint
+        train_one_epoch   the steps of one epoch, logging and mid-epoch checkpoints
+          train_step        forward, loss, one all-reduce (loss, hits, stop signal, bad videos), update
+        validate          precise BN, multi-view validation, best metric, metrics.json
+      save              a checkpoint of the Loop's weights and the TrainState (collective; rank 0 writes)
+
+What stays fixed while training runs is one :class:`Loop`; where the run stands (epoch, step,
+iteration, best, RNG) is one :class:`~nlvideo.engine.state.TrainState`, which is what a checkpoint
+restores. Crash-test hooks (``trainer.debug.*``) live in :mod:`nlvideo.engine.faults`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from nlvideo.engine import checkpoint as ckpt_io
+from nlvideo.engine import distributed as du
+from nlvideo.engine.bad_videos import BadVideoReport
+from nlvideo.engine.config import ConfigError, validate_config
+from nlvideo.engine.evaluate import compute_metrics, evaluate_dataset, write_json
+from nlvideo.engine.faults import FaultInjection
+from nlvideo.engine.logging import Progress, TensorBoard, setup_rank_logging
+from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, restore_schedule
+from nlvideo.engine.precise_bn import update_bn_stats
+from nlvideo.engine.preemption import PreemptionHandler
+from nlvideo.engine.runtime import (
+    Forward,
+    build_model,
+    build_split,
+    make_forward,
+    model_stats,
+    run_dir_of_this_job,
+    setup_runtime,
+    task_overrides,
+)
+from nlvideo.engine.state import TrainState
+
+log = logging.getLogger("nlvideo.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+@dataclass
+class Loop:
+    """The training loop's fixed context: what every step and checkpoint uses and never replaces."""
+
+    cfg: DictConfig
+    net: torch.nn.Module  # the bare model: state dict, BN statistics, validation
+    model: torch.nn.Module  # what a step runs: ``net`` or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    forward: Forward
+    multi_label: bool
+    per_rank_batch: int
+    iters_per_epoch: int
+    total_iters: int
+    run_dir: Path | None = None
+    meta: dict = field(default_factory=dict)  # stored in every checkpoint: config, overrides, classes
+    tb: TensorBoard = field(default_factory=lambda: TensorBoard(None, enabled=False))
+    preemption: PreemptionHandler = field(default_factory=lambda: PreemptionHandler([]))
+    bad_videos: BadVideoReport = field(default_factory=BadVideoReport)
+    faults: FaultInjection = field(default_factory=FaultInjection)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank_batch * du.get_world_size()
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_iters / self.iters_per_epoch)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.run_dir or ".") / "checkpoints"
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels)
+
+
+def train(cfg: DictConfig) -> int:
+    """Run (or resume) one training job; returns the process exit status."""
+    validate_config(cfg)  # every key checked before any data is read or process group formed
+    info = du.init_distributed()
+    setup_rank_logging(info.rank)
+    run_dir = run_dir_of_this_job()
+    device = setup_runtime(cfg, info.rank)
+    per_rank_batch = int(cfg.data.batch_size)
+    log.info("run dir %s | %d process(es) (%s) | device %s | %d CPU thread(s) | global batch %d", run_dir,
+             info.world_size, info.backend or "single", device, torch.get_num_threads(),
+             per_rank_batch * info.world_size)
+
+    # Data first: num_classes and multi_label come from the dataset itself.
+    train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
+    val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
+    loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
+    state = start_or_resume(loop)
+    write_run_files(loop, train_ds)
+    return run_epochs(loop, state, train_sampler, train_loader, val)
+
+
+def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, num_batches: int) -> Loop:
+    """Model (fine-tuning weights, SyncBN, DDP, compile), optimizer, schedule and scaler of this job."""
+    t, info = cfg.trainer, du.info()
+    per_rank_batch = int(cfg.data.batch_size)
+    faults = FaultInjection(t.debug)
+    iters_per_epoch = faults.iters_per_epoch(num_batches)
+    if iters_per_epoch == 0:
+        raise ConfigError(f"data.batch_size={per_rank_batch} x {info.world_size} process(es) is larger than "
+                          f"the training split ({len(train_ds)} clips): lower data.batch_size")
+    total_iters = int(t.max_iters) if t.max_iters else int(t.epochs) * iters_per_epoch
+
+    net = build_model(cfg, device)
+    if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
+        load_weights_for_finetuning(net, str(t.init_weights))
+    stats = model_stats(net, cfg) if info.is_main else {}
+    if info.enabled and t.sync_bn and device.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    elif info.enabled and t.sync_bn:
+        log.info("trainer.sync_bn: SyncBatchNorm needs CUDA; on %s BN statistics stay per process", device)
+    model = net
+    if info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(net, cfg.optim, per_rank_batch * info.world_size)
+    multi_label = bool(train_ds.multi_label)
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "overrides": task_overrides(),
+            "class_names": list(train_ds.class_names), "multi_label": multi_label,
+            "model_name": cfg.model.name, "model_stats": stats}
+    return Loop(
+        cfg=cfg, net=net, model=model, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim, iters_per_epoch, total_iters),
+        scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
+        forward=make_forward(cfg, device), multi_label=multi_label, per_rank_batch=per_rank_batch,
+        iters_per_epoch=iters_per_epoch, total_iters=total_iters, run_dir=run_dir, meta=meta,
+        tb=TensorBoard(str(run_dir / "tb"), enabled=bool(t.tensorboard)),
+        preemption=PreemptionHandler(preempt_signals(cfg)), faults=faults)
+
+
+def load_weights_for_finetuning(net: torch.nn.Module, path: str) -> None:
+    """Copy the model weights of a checkpoint whose shapes match (the classifier of a model trained on
+    another label set is skipped); optimizer and schedule start fresh."""
+    state = ckpt_io.load_checkpoint(path)["model"]
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(usable))
+    net.load_state_dict(usable, strict=False)
+    log.info("initialised %d/%d tensors from %s; not loaded: %s; left at init: %s", len(usable), len(own),
+             path, skipped or "none", sorted(set(own) - set(usable)) or "none")
+
+
+def preempt_signals(cfg: DictConfig) -> list[str]:
+    """``trainer.preempt_signals``, plus submitit's timeout signal (checkpoint, then let it requeue)."""
+    signals = list(cfg.trainer.preempt_signals)
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        signals.append("SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").removeprefix("SIG"))
+    return signals
+
+
+def start_or_resume(loop: Loop) -> TrainState:
+    """A fresh state, or everything a checkpoint holds restored: the newest valid checkpoint of the run
+    dir (``trainer.resume=auto``) or ``trainer.resume=PATH``."""
+    wanted = loop.cfg.trainer.resume
+    path = None
+    if du.is_main_process() and wanted not in (None, "null", False):
+        if wanted == "auto":
+            found = ckpt_io.load_latest_valid(loop.ckpt_dir)
+            path = str(found[0]) if found else None
+        else:
+            path = str(wanted)
+    path = du.broadcast_object(path)
+    return resume(loop, path) if path else TrainState()
+
+
+def resume(loop: Loop, path: str) -> TrainState:
+    """Weights, optimizer, LR schedule position, AMP scaler, loop position and RNG of checkpoint ``path``."""
+    saved = ckpt_io.load_checkpoint(path, map_location="cpu")
+    loop.net.load_state_dict(saved["model"])
+    loop.optimizer.load_state_dict(saved["optimizer"])
+    if restore_schedule(loop.optimizer, loop.scheduler, saved["scheduler"]):  # e.g. a lower lr after NaN
+        log.warning("optim.lr differs from the checkpoint's: continuing with the configured rate")
+    if loop.scaler is not None and saved.get("scaler"):
+        loop.scaler.load_state_dict(saved["scaler"])
+    state = TrainState.from_checkpoint(saved, loop.global_batch)
+    log.info("resumed from %s (epoch %d, step %d, iteration %d)", path, state.epoch + 1, state.step,
+             state.iteration)
+    return state
+
+
+def write_run_files(loop: Loop, train_ds) -> None:
+    """Rank 0: resolved config, class list, TensorBoard hparams and the run's one-line summary."""
+    if not du.is_main_process():
+        return
+    cfg, stats = loop.cfg, loop.meta["model_stats"]
+    (loop.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (loop.run_dir / "classes.json").write_text(json.dumps(list(train_ds.class_names), indent=1) + "\n")
+    num_nl = int(getattr(loop.net, "num_nonlocal", 0))
+    loop.tb.hparams(
+        {"model": cfg.model.name, "num_nonlocal": num_nl,
+         "instantiation": cfg.model["nonlocal"].instantiation if num_nl else "none",
+         "params_M": stats["params"] / 1e6, "gflops": stats["gflops"], "lr": float(cfg.optim.lr),
+         "global_batch": loop.global_batch, "num_frames": int(cfg.data.num_frames),
+         "schedule": cfg.optim.schedule, "data": cfg.data.get("name", "?")},
+        ["val/mAP"] if loop.multi_label else ["val/top1", "val/top5"],
+    )
+    log.info("model %s: %.2fM params, %.1f GFLOPs/clip, %d non-local block(s); %d iters/epoch, "
+             "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
+             loop.iters_per_epoch, loop.num_epochs, loop.total_iters)
+
+
+def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) -> int:
+    """The epoch loop from ``state`` to the end of training; returns the exit status."""
+    try:
+        for epoch in range(state.epoch, loop.num_epochs):
+            if state.iteration >= loop.total_iters:
+                break
+            state.epoch = epoch
+            train_sampler.set_epoch(epoch, start=state.step * loop.per_rank_batch)
+            if state.step == 0:  # an epoch-end checkpoint holds the generators before iter()
+                state.restore_rng()
+            batches = iter(train_loader)
+            state.restore_rng()  # a mid-epoch one holds them after iter() (which draws a seed)
+            stopped = train_one_epoch(loop, state, batches)
+            del batches
+            if stopped:
+                return stop_on_signal(loop, state)
+            if val is not None and is_validation_epoch(loop, epoch):
+                validate(loop, state, val, train_sampler, train_loader)
+            state.epoch, state.step = epoch + 1, 0
+            save(loop, state)
+            loop.tb.flush()
+        else:
+            log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
+                     state.iteration, state.best, loop.bad_videos.count)
+        return 0
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        loop.preemption.restore()
+        loop.tb.close()
+
+
+def is_validation_epoch(loop: Loop, epoch: int) -> bool:
+    return (epoch + 1) % int(loop.cfg.trainer.eval_period) == 0 or epoch + 1 == loop.num_epochs
+
+
+def stop_on_signal(loop: Loop, state: TrainState) -> int:
+    """A stop signal arrived: checkpoint where the loop stands, run the previous handler, exit status."""
+    save(loop, state)
+    code = int(loop.cfg.trainer.preempt_exit_code)
+    log.warning("stopped by signal at iteration %d; checkpoint saved, exiting with status %d "
+                "(rerun with the same hydra.run.dir to resume)", state.iteration, code)
+    loop.preemption.chain()
+    return code
+
+
+@dataclass
+class Meter:
+    """Sums over a span of iterations (a logging window or an epoch), summed over ranks."""
+
+    loss: float = 0.0  # loss x clips
+    correct: float = 0.0  # top-1 hits
+    n: float = 0.0  # clips
+    data_time: float = 0.0  # this rank's seconds waiting for data
+    time: float = 0.0  # this rank's seconds per iteration
+    iters: int = 0
+
+    def add(self, reduced: torch.Tensor, data_time: float, iter_time: float) -> None:
+        self.loss += float(reduced[0])
+        self.correct += float(reduced[1])
+        self.n += float(reduced[2])
+        self.data_time += data_time
+        self.time += iter_time
+        self.iters += 1
+
+
+def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
+    """Steps ``state.step`` .. end of ``state.epoch``; True if a stop signal arrived (the caller then
+    checkpoints at ``state``)."""
+    t = loop.cfg.trainer
+    steps = loop.steps_in_epoch(state.epoch)
+    every, log_period = int(t.checkpoint.every_iters), int(t.log_period)
+    window, epoch_sum, failures = Meter(), Meter(), 0
+    loop.model.train()
+    progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=log_period,
+                        desc=f"epoch {state.epoch + 1}/{loop.num_epochs}", initial=state.step)
+    tic = time.perf_counter()
+    for step in progress:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            log.warning("training loader ended after %d of %d steps", step, steps)
+            break
+        data_time = time.perf_counter() - tic
+        failures += len(batch.get("failures") or [])
+        reduced, lr = train_step(loop, state, batch, steps)
+        state.step = step + 1
+        iter_time = time.perf_counter() - tic
+        window.add(reduced, data_time, iter_time)
+        epoch_sum.add(reduced, data_time, iter_time)
+        progress.update(it=state.iteration, loss=float(reduced[0] / reduced[2]), lr=lr,
+                        clips_s=loop.global_batch / max(iter_time, 1e-9))
+        if window.iters >= log_period or state.step == steps:
+            log_window(loop, window, lr, state.iteration)
+            window = Meter()
+        if reduced[3] > 0:
+            progress.close()
+            return True
+        if every and state.iteration % every == 0 and state.step < steps:
+            save(loop, state)
+        tic = time.perf_counter()
+    progress.close()
+    log_epoch(loop, state, epoch_sum, failures)
+    return False
+
+
+def train_step(loop: Loop, state: TrainState, batch: dict, steps: int) -> tuple[torch.Tensor, float]:
+    """One optimizer step on ``batch``. Returns the all-reduced (loss x clips, top-1 hits, clips, stop
+    requests, new unreadable videos) and the learning rate the step used."""
+    new_bad = loop.bad_videos.new(batch.get("failures") or [])
+    logits = loop.forward(loop.model, batch["clip"])
+    labels = batch["label"].to(logits.device, non_blocking=True)
+    loss = loop.faults.loss(loop.loss(logits, labels), state.iteration + 1)
+    # One all-reduce per iteration: it is also every rank's NaN check and stop-signal agreement.
+    b = labels.shape[0]
+    correct = 0.0 if loop.multi_label else float((logits.argmax(1) == labels).sum())
+    reduced = du.all_reduce_sum(torch.tensor(
+        [float(loss.detach()) * b, correct, float(b), float(loop.preemption.received is not None),
+         float(len(new_bad))], dtype=torch.float64))
+    if reduced[4] > 0:
+        loop.bad_videos.update(new_bad, "replaced by another training video")
+    loss_avg = float(reduced[0] / reduced[2])
+    if not math.isfinite(loss_avg):
+        last = (ckpt_io.list_checkpoints(loop.ckpt_dir) or [None])[-1]
+        raise NonFiniteLossError(
+            f"loss is {loss_avg} at iteration {state.iteration + 1} (epoch {state.epoch + 1}, step "
+            f"{state.step + 1}/{steps}); stopping. Last good checkpoint: {last or 'none'}. Try a lower "
+            "optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
+    update_weights(loop, loss)
+    lr = loop.optimizer.param_groups[0]["lr"]
+    loop.scheduler.step()
+    state.iteration += 1
+    return reduced, lr
+
+
+def update_weights(loop: Loop, loss: torch.Tensor) -> None:
+    """Backward, gradient clipping and the optimizer step (through the AMP scaler when there is one)."""
+    max_norm = loop.cfg.optim.clip_grad_norm
+    loop.optimizer.zero_grad(set_to_none=True)
+    if loop.scaler is None:
+        loss.backward()
+        clip_gradients(loop.model, max_norm)
+        loop.optimizer.step()
+        return
+    loop.scaler.scale(loss).backward()
+    if max_norm:
+        loop.scaler.unscale_(loop.optimizer)
+    clip_gradients(loop.model, max_norm)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+
+
+def log_window(loop: Loop, window: Meter, lr: float, iteration: int) -> None:
+    scalars = {"train/loss": window.loss / window.n, "train/lr": lr,
+               "train/clips_per_s": window.n / max(window.time, 1e-9),
+               "train/data_time_frac": window.data_time / max(window.time, 1e-9)}
+    if not loop.multi_label:
+        scalars["train/top1"] = 100.0 * window.correct / window.n
+    loop.tb.scalars(scalars, iteration)
+
+
+def log_epoch(loop: Loop, state: TrainState, epoch_sum: Meter, failures: int) -> None:
+    skipped = int(du.all_reduce_sum(torch.tensor([float(failures)])).item())
+    summary = {"train/epoch_loss": epoch_sum.loss / max(epoch_sum.n, 1.0), "data/skipped_videos": skipped}
+    if not loop.multi_label:
+        summary["train/epoch_top1"] = 100.0 * epoch_sum.correct / max(epoch_sum.n, 1.0)
+    loop.tb.scalars(summary, state.iteration)
+    top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
+    log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
+             "this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1, loop.num_epochs,
+             state.iteration, summary["train/epoch_loss"], top1, skipped, loop.bad_videos.count)
+
+
+def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) -> None:
+    """Precise BN, multi-view validation of the whole split (same metrics on every rank), best metric,
+    ``metrics.json``."""
+    t = loop.cfg.trainer
+    if t.precise_bn.enabled:
+        train_sampler.set_epoch(state.epoch, start=0)
+        used = update_bn_stats(loop.net, iter(train_loader), int(t.precise_bn.num_batches),
+                               lambda m, b: loop.forward(m, b["clip"]))
+        log.info("precise BN: statistics recomputed over %d batch(es)", used)
+    val_ds, _, val_loader = val
+    agg = evaluate_dataset(loop.net, val_loader, val_ds, loop.forward, t, desc="val")
+    loop.bad_videos.update(loop.bad_videos.new(agg.failures.items()), "skipped in validation")
+    _, scores, labels = agg.result()
+    metrics = compute_metrics(scores, labels, loop.multi_label)
+    metrics["skipped_videos"] = float(agg.num_failed)
+    loop.tb.scalars({f"val/{k}": v for k, v in metrics.items()}, state.iteration)
+    key = "mAP" if loop.multi_label else "top1"
+    if key in metrics and (state.best is None or metrics[key] > state.best):
+        state.best = metrics[key]
+    if du.is_main_process():
+        write_json(loop.run_dir / "metrics.json", {"epoch": state.epoch + 1, "iteration": state.iteration,
+                                                   "best": state.best, **metrics})
+        log.info("epoch %d/%d validation: %s", state.epoch + 1, loop.num_epochs,
+                 "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+
+
+def save(loop: Loop, state: TrainState) -> Path | None:
+    """Checkpoint the weights, optimizer, schedule, scaler and ``state`` (collective: gathers every
+    rank's RNG state); rank 0 writes and returns the path."""
+    payload = {"model": loop.net.state_dict(), "optimizer": loop.optimizer.state_dict(),
+               "scheduler": loop.scheduler.state_dict(),
+               "scaler": loop.scaler.state_dict() if loop.scaler else None,
+               **state.state_dict(loop.per_rank_batch), **loop.meta}
+    if not du.is_main_process():
+        return None
+    path = ckpt_io.save_checkpoint(payload, loop.ckpt_dir, state.iteration,
+                                   keep_last=int(loop.cfg.trainer.checkpoint.keep_last),
+                                   _while_writing=loop.faults.while_writing(state.iteration))
+    log.info("saved %s", path)
+    return path
