@@ -15,6 +15,12 @@ Parameter names and module structure follow the seed's ``_NonLocalBlockND`` (``t
 state dict of that block loads with plain ``load_state_dict`` and a freshly built block is exactly
 the identity, which is what lets it be inserted into a pre-trained network.
 
+Where sub-sampling pools (``pool``): ``"after_embed"`` (the seed's) max-pools phi and g after their
+1x1 convs; ``"before_embed"`` (video-nonlocal-net, PySlowFast) max-pools the input once, in
+``input_pool``, and embeds the pooled input, which is a different function (a max does not commute
+with a 1x1 conv) and 4x cheaper for phi and g. phi/g are then ``Sequential(conv)``, so both modes
+have the same state-dict keys.
+
 Three computation paths give the same result (tested to 1e-5 in fp32). Which one an input takes,
 and why, is decided in one place, :func:`select_path` (``block.path_for(x)`` asks a block; ``forward``
 only dispatches on the answer):
@@ -65,6 +71,7 @@ INSTANTIATIONS: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product
 IMPLS: tuple[str, ...] = ("auto", "naive", "efficient")
 Path = Literal["naive", "sdpa", "cpu_chunked"]
 PATHS: tuple[str, ...] = ("naive", "sdpa", "cpu_chunked")
+POOLS: tuple[str, ...] = ("after_embed", "before_embed")  # where sub-sampling max-pools (module doc)
 _SOFTMAX_FORMS = ("gaussian", "embedded_gaussian")
 # softmax(s theta phi^T) g of (B, N, d), (B, M, d), (B, M, C') matrices, s = scale or 1 when None.
 SoftmaxAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float | None], torch.Tensor]
@@ -94,6 +101,9 @@ class NonLocalBlock(nn.Module):
         impl: ``naive`` always builds the attention map; ``auto`` and ``efficient`` (the same) take
             the fast path for the input's device. :meth:`path_for` says which path an input takes.
         init_std: std of the normal init of the new 1x1 convs (0.01 in the reference code).
+        pool: with ``sub_sample``, max-pool phi and g after their convs (``"after_embed"``, the
+            seed's) or the input before them (``"before_embed"``, as the published video-nonlocal-net
+            and PySlowFast models were trained), one of :data:`POOLS`.
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class NonLocalBlock(nn.Module):
         scale: bool = False,
         impl: str = "auto",
         init_std: float = 0.01,
+        pool: str = "after_embed",
     ) -> None:
         super().__init__()
         if dimension not in _CONV:
@@ -120,6 +131,8 @@ class NonLocalBlock(nn.Module):
             raise ValueError(f"NonLocalBlock: unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
         if scale and instantiation != "embedded_gaussian":
             raise ValueError("NonLocalBlock: scale=True only applies to instantiation='embedded_gaussian'")
+        if pool not in POOLS:
+            raise ValueError(f"NonLocalBlock: unknown pool {pool!r}; allowed: {', '.join(POOLS)}")
         self.in_channels = in_channels
         self.inter_channels = inter_channels or max(in_channels // 2, 1)
         self.dimension = dimension
@@ -127,19 +140,26 @@ class NonLocalBlock(nn.Module):
         self.instantiation = instantiation
         self.scale = scale
         self.impl = impl
+        self.pool = pool
         conv, ci = _CONV[dimension], self.inter_channels
+        pool_first = sub_sample and pool == "before_embed"
+        # before_embed: phi and g embed the pooled input; their own Sequential then holds the conv
+        # alone, so the state-dict keys (phi.0.weight) are those of after_embed.
+        self.input_pool = _POOL[dimension]() if pool_first else None
 
         def embed() -> nn.Module:
             return conv(in_channels, ci, kernel_size=1)
 
         def maybe_pool(module: nn.Module) -> nn.Module:
-            return nn.Sequential(module, _POOL[dimension]()) if sub_sample else module
+            if not sub_sample:
+                return module
+            return nn.Sequential(module) if pool_first else nn.Sequential(module, _POOL[dimension]())
 
         self.g = maybe_pool(embed())
         if instantiation == "gaussian":
             # No embedding: theta and phi are the input itself (phi optionally pooled).
             self.theta = nn.Identity()
-            self.phi = _POOL[dimension]() if sub_sample else nn.Identity()
+            self.phi = _POOL[dimension]() if sub_sample and not pool_first else nn.Identity()
         else:
             self.theta = embed()
             self.phi = maybe_pool(embed())
@@ -166,13 +186,14 @@ class NonLocalBlock(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"instantiation={self.instantiation}, dimension={self.dimension}, "
-            f"sub_sample={self.sub_sample}, impl={self.impl}"
+            f"sub_sample={self.sub_sample}, pool={self.pool}, impl={self.impl}"
         )
 
     def _embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """theta (B, N, d), phi (B, M, d), g (B, M, C') as position-major matrices (views: contiguous
         ones when the convolutions return channels-last tensors)."""
-        return tuple(t.flatten(2).transpose(1, 2) for t in (self.theta(x), self.phi(x), self.g(x)))
+        xp = x if self.input_pool is None else self.input_pool(x)
+        return tuple(t.flatten(2).transpose(1, 2) for t in (self.theta(x), self.phi(xp), self.g(xp)))
 
     def _concat_terms(self, theta: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w_f^T [theta_i; phi_j] = a_i + b_j: the two halves of w_f applied separately."""
@@ -239,23 +260,30 @@ class NonLocalBlock(nn.Module):
         ci = self.inter_channels
         embedded = self.instantiation != "gaussian"
         g_conv = self.g[0] if self.sub_sample else self.g
+
+        def max_pool(t: torch.Tensor) -> torch.Tensor:
+            return _MaxPoolLean.apply(t, spatial, self._pool_module(), pm)
+
+        pool_first = self.input_pool is not None
+        src = max_pool(xm) if pool_first else xm  # what phi and g embed
+
+        def post(t: torch.Tensor) -> torch.Tensor:  # after_embed's pool of phi and g
+            return max_pool(t) if self.sub_sample and not pool_first else t
+
         if embedded:
             phi_conv = self.phi[0] if self.sub_sample else self.phi
             theta = _linear(xm, *_conv_weight(self.theta), pm)
-            phig = _linear(xm, *_cat_weights(phi_conv, g_conv), pm)  # phi and g: one GEMM, one pool
-            if self.sub_sample:
-                phig = _MaxPoolLean.apply(phig, spatial, self._pool_module(), pm)
+            phig = post(_linear(src, *_cat_weights(phi_conv, g_conv), pm))  # phi and g: one GEMM, one pool
             phi, g = phig[..., :ci], phig[..., ci:]
         else:  # gaussian: theta = x, phi = pooled x
-            theta = xm
-            phi = _MaxPoolLean.apply(xm, spatial, self._pool_module(), pm) if self.sub_sample else xm
-            g = _linear(xm, *_conv_weight(g_conv), pm)
-            if self.sub_sample:
-                g = _MaxPoolLean.apply(g, spatial, self._pool_module(), pm)
+            theta, phi = xm, post(src)
+            g = post(_linear(src, *_conv_weight(g_conv), pm))
         y = self._aggregate(theta, phi, g, lambda q, k, v, s: _ChunkedSoftmaxAttention.apply(q, k, v, s, pm))
         return self._output(y, xm, pm, spatial)
 
     def _pool_module(self) -> nn.Module:
+        if self.input_pool is not None:
+            return self.input_pool
         return self.phi[1] if isinstance(self.phi, nn.Sequential) else self.phi
 
     def _output(self, y: torch.Tensor, xm: torch.Tensor, pm: bool, spatial: tuple[int, ...]) -> torch.Tensor:
