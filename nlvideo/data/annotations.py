@@ -9,18 +9,30 @@ Kinetics list (PySlowFast ``train.csv`` / ``val.csv`` form): one ``<path> <label
 path relative to the data root (or absolute). Fields are separated by a tab when the line has one
 (then paths and class names may contain spaces), otherwise by whitespace (then exactly two fields).
 Blank lines and lines starting with ``#`` are ignored. Files are read as UTF-8 (a byte-order mark
-and CRLF line ends are accepted); a video listed twice is an error naming both lines. The label is
-either an integer class index or a class name:
+and CRLF line ends are accepted; other bytes are an error naming the line); a video listed twice is an
+error naming both lines. A first line whose label is not a number and whose path has no video
+extension while the others have one is a header row (``path label``, as pandas writes) and is skipped.
 
-* integer labels: class names come from ``classes.txt`` (one name per line, line *i* is index
-  *i*) or ``classids.json`` (``{"name": index}``, the PySlowFast Kinetics file) when one is
-  found, else they are the indices as strings ``"0" .. "K-1"``;
-* name labels: the mapping is ``classes.txt`` / ``classids.json`` when present, else the sorted
-  set of names in the *training* list (so val/test use the training mapping and a name that the
-  training list never uses is an error).
+The labels of one list are all of one kind, decided by the list's majority; a line of another kind is
+an error naming it, because a list that mixes them has no single reading (before, one odd label
+turned every integer into a class name sorted as text, so ``2`` became class 4):
+
+* integer class indices, or indices all written as decimals (``11.0``: a pandas integer column that
+  held a NaN) -- a decimal that is not whole is an error. Class names come from ``classes.txt`` (one
+  name per line, line *i* is index *i*) or ``classids.json`` (``{"name": index}``, the PySlowFast
+  Kinetics file) when one is found, else they are the indices as strings ``"0" .. "K-1"`` with K =
+  ``data.num_classes`` or the *training* list's largest index + 1;
+* class names: the mapping is ``classes.txt`` / ``classids.json`` when present, else the sorted
+  set of names in the *training* list.
+
+Either way val/test use the training split's mapping: an index or name beyond it is an error, and
+without a class file a list whose label kind differs from the training list's is refused.
 
 Kinetics folders: ``<root>/<split_dir>/<class_name>/<video>`` with classes = sorted directory
-names of the training split.
+names of the training split. Hidden entries (``.ipynb_checkpoints``, ``._clip.mp4``) are skipped; a
+training class folder without videos is an error (it would be a class that is never trained, shifting
+the indices of the classes after it); a broken symbolic link is listed, so that it is reported as an
+unreadable video like any other.
 
 Charades (``Charades_v1_train.csv`` / ``Charades_v1_test.csv``): a real CSV with a header and at
 least the columns ``id`` and ``actions``; ``actions`` is ``"c092 11.90 21.20;c147 0.00 12.60"``
@@ -31,15 +43,22 @@ least the columns ``id`` and ``actions``; ``actions`` is ``"c092 11.90 21.20;c14
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 _CHARADES_CLASS = re.compile(r"^c(\d{3})$")
+_INTEGER = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,9 +114,16 @@ def _resolve(root: Path, rel: str) -> str:
 
 def _read_text(path: Path) -> str:
     """UTF-8 whatever the locale, without the byte-order mark that spreadsheet tools write (it would
-    otherwise become part of the first path, class name or CSV column name). CRLF line ends are
-    handled by ``splitlines``."""
-    return path.read_text(encoding="utf-8-sig")
+    otherwise become part of the first path, class name or CSV column name). Line ends are kept as
+    they are (``splitlines`` and the csv module handle CRLF). Other bytes (a Latin-1 export) are an
+    error naming the file and line: Python's own message names neither."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+                         ) from None
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -170,8 +196,80 @@ def _read_list_lines(list_file: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def _is_int(s: str) -> bool:
-    return re.fullmatch(r"[+-]?\d+", s) is not None
+def _label_kind(label: str) -> str:
+    if _INTEGER.fullmatch(label):
+        return "integer"
+    if _DECIMAL.fullmatch(label):
+        return "decimal number"
+    return "class name"
+
+
+def _is_video_path(path: str) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class LabelledList:
+    """The lines of one ``<path> <label>`` list: ``rows`` are ``(path, label, "file:line")`` and
+    ``kind`` is ``"index"`` (class indices, also written ``11.0``) or ``"name"`` for every row."""
+
+    file: Path
+    rows: list[tuple[str, str, str]]
+    kind: str
+
+    @property
+    def label_kind(self) -> str:
+        return "class names" if self.kind == "name" else "integers"
+
+
+def read_labelled_list(list_file: str | Path) -> LabelledList:
+    """Read a list, skip a header row, and decide its label kind (see the module docstring)."""
+    list_file = Path(list_file)
+    rows = _read_list_lines(list_file)
+    first_line = 1
+    if rows and _label_kind(rows[0][1]) == "class name" and not _is_video_path(rows[0][0]) and all(
+            _is_video_path(path) for path, _, _ in rows[1:]):
+        log.info("%s: header row %r skipped", rows[0][2], f"{rows[0][0]} {rows[0][1]}")
+        first_line = int(rows[0][2].rpartition(":")[2]) + 1
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{list_file}:{first_line}: no videos listed; expected '<path> <label>' lines")
+    kinds = [_label_kind(label) for _, label, _ in rows]
+    counts = Counter(kinds)
+    main = max(counts, key=lambda k: (counts[k], -kinds.index(k)))  # the majority; a tie: the first line's
+    example = rows[kinds.index(main)]
+    for (_, label, source), kind in zip(rows, kinds, strict=True):
+        if kind != main:
+            raise ValueError(f"{source}: label {label!r} is a {kind}, but this list's labels are {main}s "
+                             f"(e.g. {example[1]!r} at {example[2]}); write every label of a list the same "
+                             "way")
+        if kind == "decimal number" and not float(label).is_integer():
+            raise ValueError(f"{source}: label {label!r} is not a whole number; labels are class indices "
+                             "(integers, or written as 11.0) or class names")
+    return LabelledList(list_file, rows, "name" if main == "class name" else "index")
+
+
+def _class_index(label: str) -> int:
+    """An index label of a :class:`LabelledList`: ``7`` or ``7.0``."""
+    return int(label) if _INTEGER.fullmatch(label) else int(float(label))
+
+
+def kinetics_class_names(train: LabelledList, class_file: Path | None, num_classes: int | None) -> list[str]:
+    """The class mapping of every split: the class file, else the training list's indices or names."""
+    if class_file is not None:
+        names = read_class_file(class_file)
+    elif train.kind == "index":
+        largest = max(_class_index(label) for _, label, _ in train.rows)
+        names = [str(i) for i in range(num_classes if num_classes is not None else largest + 1)]
+    else:
+        names = sorted({label for _, label, _ in train.rows})
+    if num_classes is not None and len(names) != num_classes:
+        where = class_file if class_file is not None else f"the labels of {train.file}"
+        raise ValueError(
+            f"data.num_classes={num_classes} but {where} define(s) {len(names)} classes; "
+            f"set data.num_classes={len(names)} or fix the class list"
+        )
+    return names
 
 
 def read_kinetics_list(
@@ -184,45 +282,34 @@ def read_kinetics_list(
     """Parse a ``<path> <label>`` list. Returns ``(records, class_names)``.
 
     ``class_file``: explicit ``classes.txt``/``classids.json``; when None one is looked up next to
-    the list and in ``root``. ``train_list_file``: the training list whose names define the
-    mapping for name labels when there is no class file (defaults to ``list_file`` itself).
+    the list and in ``root``. ``train_list_file``: the training list, which defines the mapping when
+    there is no class file (defaults to ``list_file`` itself).
     """
     list_file, root = Path(list_file), Path(root)
-    rows = _read_list_lines(list_file)
-    if not rows:
-        raise ValueError(f"{list_file}:1: no videos listed; expected '<path> <label>' lines")
+    listed = read_labelled_list(list_file)
     if class_file is not None:
         class_path: Path | None = Path(class_file)
         _require_file(class_path, "class file")
     else:
         class_path = find_class_file(list_file.parent, root)
-    class_names = read_class_file(class_path) if class_path is not None else None
-    int_labels = bool(rows) and all(_is_int(label) for _, label, _ in rows)
-
-    if class_names is None and not int_labels:
-        train_rows = rows if train_list_file is None else _read_list_lines(Path(train_list_file))
-        class_names = sorted({label for _, label, _ in train_rows})
-    if class_names is None:  # integer labels, no names given
-        if num_classes is None:
-            num_classes = max(int(label) for _, label, _ in rows) + 1
-        class_names = [str(i) for i in range(num_classes)]
-    if num_classes is not None and len(class_names) != num_classes:
-        where = class_path if class_path is not None else f"the labels of {train_list_file or list_file}"
-        raise ValueError(
-            f"data.num_classes={num_classes} but {where} define(s) {len(class_names)} classes; "
-            f"set data.num_classes={len(class_names)} or fix the class list"
-        )
+    same = train_list_file is None or Path(train_list_file) == list_file
+    train = listed if same else read_labelled_list(train_list_file)
+    if class_path is None and listed.kind != train.kind:
+        raise ValueError(f"{listed.rows[0][2]}: this list's labels are {listed.label_kind} but the training "
+                         f"list {train.file} uses {train.label_kind}; without a class file (data.class_file) "
+                         "they cannot be matched")
+    class_names = kinetics_class_names(train, class_path, num_classes)
     index = {name: i for i, name in enumerate(class_names)}
     records = []
     first_seen: dict[str, str] = {}
-    for path, label, source in rows:
+    for path, label, source in listed.rows:
         resolved = _resolve(root, path)
         if resolved in first_seen:  # twice in training weighs it double, in testing it counts twice
             raise ValueError(f"{source}: video {path!r} is listed again (first at {first_seen[resolved]}); "
                              "list each video once")
         first_seen[resolved] = source
-        if int_labels:
-            idx = int(label)
+        if listed.kind == "index":
+            idx = _class_index(label)
             if not 0 <= idx < len(class_names):
                 raise ValueError(
                     f"{source}: label {idx} out of range; expected an integer in [0, {len(class_names) - 1}]"
@@ -231,11 +318,22 @@ def read_kinetics_list(
             if label not in index:
                 raise ValueError(
                     f"{source}: unknown class name {label!r}; expected one of the {len(class_names)} classes "
-                    f"of {class_path or train_list_file or list_file} (e.g. {class_names[:3]})"
+                    f"of {class_path or train.file} (e.g. {class_names[:3]})"
                 )
             idx = index[label]
         records.append(VideoRecord(path=resolved, label=idx, source=source))
     return records, class_names
+
+
+def _visible(directory: Path) -> list[Path]:
+    """Entries of ``directory`` except hidden ones (``.ipynb_checkpoints``, macOS ``._clip.mp4``)."""
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
+def _is_video_entry(path: Path) -> bool:
+    """A video file, or a symbolic link named like one even if broken: listing it gets it reported as
+    unreadable instead of dropping it without a word."""
+    return _is_video_path(path.name) and (path.is_file() or path.is_symlink())
 
 
 def read_kinetics_folder(
@@ -245,8 +343,13 @@ def read_kinetics_folder(
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise ValueError(f"video folder not found: {split_dir} (expected <root>/<split>/<class_name>/*.mp4)")
-    dirs = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    dirs = sorted(d.name for d in _visible(split_dir) if d.is_dir())
+    videos = {d: [f for f in sorted(_visible(split_dir / d)) if _is_video_entry(f)] for d in dirs}
     if class_names is None:
+        for d in dirs:
+            if not videos[d]:
+                raise ValueError(f"{split_dir / d}: class folder without video files "
+                                 f"({', '.join(VIDEO_EXTENSIONS)}); remove it or add its videos")
         class_names = dirs
     index = {name: i for i, name in enumerate(class_names)}
     if num_classes is not None and len(class_names) != num_classes:
@@ -260,9 +363,7 @@ def read_kinetics_folder(
             raise ValueError(
                 f"{split_dir / d}: unknown class folder {d!r}; expected one of the training split's classes"
             )
-        for f in sorted((split_dir / d).iterdir()):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
-                records.append(VideoRecord(path=str(f), label=index[d], source=str(f)))
+        records += [VideoRecord(path=str(f), label=index[d], source=str(f)) for f in videos[d]]
     if not records:
         raise ValueError(f"{split_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
     return records, class_names
@@ -303,7 +404,7 @@ def read_charades_csv(
     _require_file(csv_file, "Charades annotation CSV")
     records = []
     first_seen: dict[str, str] = {}
-    with csv_file.open(newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_text(csv_file), newline="") as f:
         reader = csv.DictReader(f)
         missing = {"id", "actions"} - set(reader.fieldnames or [])
         if missing:
@@ -342,6 +443,22 @@ def read_charades_csv(
     if not records:
         raise ValueError(f"{csv_file}:2: no videos listed")
     return records
+
+
+def charades_summary(records: Sequence[VideoRecord], csv_file: str | Path) -> str:
+    """One line counting what a Charades CSV holds that can make its labels wrong without an error:
+    videos without actions, actions lying (partly) after the end of their video (its ``length``
+    column; the clips there carry labels of nothing that is shown) and actions with unusable times."""
+    without = sum(not r.actions for r in records)
+    actions = [(a, r) for r in records for a in r.actions]
+    beyond = [r.source for a, r in actions if a.end is not None and r.length is not None and a.end > r.length]
+    unusable = [r.source for a, r in actions if a.start is None]
+    line = f"{csv_file}: {len(records)} videos, {without} without actions; {len(actions)} actions"
+    for sources, what in ((beyond, "lying (partly) after the end of their video"),
+                          (unusable, "with unusable times")):
+        if sources:
+            line += f", {len(sources)} {what} (first at {sources[0]})"
+    return line
 
 
 def charades_class_names(num_classes: int, class_file: str | Path | None = None) -> list[str]:

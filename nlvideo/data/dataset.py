@@ -318,12 +318,11 @@ def _read_charades(
 ) -> Annotations:
     if num_classes is None:
         raise ValueError("data.num_classes is required for data.format=charades (157 for Charades v1)")
+    csv_file = _split_file(cfg, root, split)
     records = ann.read_charades_csv(
-        _split_file(cfg, root, split),
-        root / str(require(cfg, "video_dir")),
-        num_classes,
-        str(require(cfg, "video_ext")),
+        csv_file, root / str(require(cfg, "video_dir")), num_classes, str(require(cfg, "video_ext"))
     )
+    log.info("%s: %s", split, ann.charades_summary(records, csv_file))  # bad annotation/video pairs, visible
     return records, ann.charades_class_names(num_classes, class_file)
 
 
