@@ -160,8 +160,8 @@ def test_config_keys_are_read_not_defaulted(tmp_path):
     del cfg.val["num_clips"]
     with pytest.raises(ValueError, match=r"^data\.val\.num_clips is missing"):
         build_dataset(cfg, "val")
-    with pytest.raises(ValueError, match="^data.format='avi_list' is not known; choose one of: kinetics_csv, "
-                       "kinetics_folder, charades$"):
+    with pytest.raises(ValueError, match="^data.format='avi_list' is not allowed; choose one of: "
+                       "kinetics_csv, kinetics_folder, charades$"):
         build_dataset(kinetics_cfg(tmp_path, format="avi_list"), "train")
 
 

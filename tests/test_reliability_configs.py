@@ -36,7 +36,34 @@ CASES = [
      "videos and annotation lists)"),
     (["data=kinetics400", "data.root=???"],
      "data.root is required for data=kinetics400: pass data.root=/path/to/kinetics400"),
-    (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 must be a finite number > 0"),
+    # issue 13: nonsense that was accepted (silently wrong clips, validation of nothing, epochs=1) ...
+    (["data.sampling_rate=0"], "data.sampling_rate=0 must be an integer >= 1"),
+    (["data.sampling_rate=-2"], "data.sampling_rate=-2 must be an integer >= 1"),
+    (["data.target_fps=-30"], "data.target_fps=-30 must be null or a finite number > 0"),
+    (["data.target_fps=0"], "data.target_fps=0 must be null or a finite number > 0"),
+    (["data.val.num_clips=0"], "data.val.num_clips=0 must be an integer >= 1"),
+    (["trainer.epochs=1.5"], "trainer.epochs=1.5 must be an integer >= 1"),
+    (["optim.lr=inf"], "optim.lr=inf must be a finite number > 0"),
+    (["data.std=0"], "data.std=0 must be a finite number > 0 or a list of 3 (one per RGB channel)"),
+    # ... or that failed with a traceback, several only at the first batch
+    (["optim.lr=abc"], "optim.lr='abc' must be a finite number > 0"),
+    (["data.batch_size=eight"], "data.batch_size='eight' must be an integer >= 1"),
+    (["data.num_workers=-1"], "data.num_workers=-1 must be an integer >= 0"),
+    (["data.mean=[1,2]"], "data.mean=[1, 2] must be a finite number or a list of 3 (one per RGB channel)"),
+    (["data.decoder=ffmpeg"], "data.decoder='ffmpeg' is not allowed; choose one of: decord, pyav"),
+    (["data.train_jitter_scales=[56,48]"],
+     "data.train_jitter_scales=[56, 48] must be [min, max]: integers with 1 <= min <= max"),
+    (["data.train_crop_size=64"],
+     "data.train_crop_size=64 is larger than the smallest training scale data.train_jitter_scales[0]=48"),
+    (["data.train_hflip=no"], "data.train_hflip='no' must be true or false"),
+    (["trainer.preempt_signals=[SIGTERM,SIGFOO]"],
+     "trainer.preempt_signals: 'SIGFOO' is not a signal that can be caught; use names such as SIGTERM, "
+     "SIGUSR1, SIGUSR2"),
+    (["trainer.resume={absent}/checkpoint_000000010.pt"],
+     "trainer.resume={absent}/checkpoint_000000010.pt does not exist: pass a checkpoint file, "
+     "trainer.resume=auto (the newest in the run dir) or trainer.resume=null"),
+    (["trainer.init_weights={absent}/k400.pt"], "trainer.init_weights={absent}/k400.pt does not exist"),
 ]
 
 
@@ -53,7 +80,8 @@ def test_bad_config_is_rejected_naming_key_and_allowed_values(overrides, message
     assert "\n" not in str(err.value) and not absent.exists()
 
 
-@pytest.mark.parametrize("case", [0, 5, 8], ids=["group choice", "NL block index", "data.root"])
+@pytest.mark.parametrize("case", [0, 5, 8, 16], ids=["group choice", "NL block index", "data.root",
+                                                    "trainer.epochs"])
 def test_train_py_prints_one_line_before_any_data_is_read(case, tmp_path):
     overrides, message = CASES[case]
     absent = tmp_path / "absent"

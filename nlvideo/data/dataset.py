@@ -43,8 +43,9 @@ from omegaconf.errors import MissingMandatoryValue
 from torch.utils.data import Dataset
 
 from nlvideo.data import annotations as ann
-from nlvideo.data.config import require
-from nlvideo.data.decode import DecodeError, open_video
+from nlvideo.data.config import channels, choice, flag, number, require, shown
+from nlvideo.data.decode import DECODERS, DecodeError, open_video
+from nlvideo.data.loader import loader_options
 from nlvideo.data.sampler import derive_seed
 from nlvideo.data.sampling import frame_stride, test_clip_indices, train_clip_indices
 from nlvideo.data.transforms import test_transform, train_transform
@@ -222,15 +223,20 @@ def data_root(cfg: Mapping) -> Path:
     return Path(str(root)).expanduser()
 
 
-def _float_tuple(v: float | Sequence[float]) -> tuple[float, ...]:
-    """``mean``/``std``: a number, or one number per RGB channel."""
-    if isinstance(v, (int, float)):
-        return (float(v),)
-    return tuple(float(x) for x in v)
+def _scales(cfg: Mapping) -> tuple[int, int]:
+    """``data.train_jitter_scales``: [min, max] short sides of the random training scale."""
+    scales = require(cfg, "train_jitter_scales")
+    ok = isinstance(scales, Sequence) and not isinstance(scales, str) and len(scales) == 2
+    ok = ok and all(type(s) is int for s in scales) and 1 <= scales[0] <= scales[1]  # a bool is no scale
+    if not ok:
+        raise ValueError(f"data.train_jitter_scales={shown(scales)} must be [min, max]: integers with "
+                         "1 <= min <= max")
+    return int(scales[0]), int(scales[1])
 
 
 def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
-    """The :class:`ClipSpec` of ``split`` from the ``data`` config.
+    """The :class:`ClipSpec` of ``split`` from the ``data`` config, every value checked (one-line
+    ``ValueError`` naming the key; nothing is read from disk, so ``validate_config`` runs it first).
 
     Every value comes from the config (see :mod:`nlvideo.data.config`: the yaml holds the defaults).
     The evaluation views default to PySlowFast's: ``val`` at ``train_jitter_scales[0]`` /
@@ -239,38 +245,42 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; expected one of {SPLITS}")
-    scales = list(require(cfg, "train_jitter_scales"))
-    if len(scales) != 2:
-        raise ValueError(f"data.train_jitter_scales must be [min, max], got {scales}")
-    train_crop = int(require(cfg, "train_crop_size"))
+    min_scale, max_scale = _scales(cfg)
+    train_crop = number(cfg, "train_crop_size", integer=True, at_least=1)
+    if train_crop > min_scale:
+        raise ValueError(f"data.train_crop_size={train_crop} is larger than the smallest training scale "
+                         f"data.train_jitter_scales[0]={min_scale}")
     common = dict(
-        num_frames=int(require(cfg, "num_frames")),
-        sampling_rate=int(require(cfg, "sampling_rate")),
-        target_fps=require(cfg, "target_fps"),
-        mean=_float_tuple(require(cfg, "mean")),
-        std=_float_tuple(require(cfg, "std")),
-        hflip=bool(require(cfg, "train_hflip")),
-        decoder=str(require(cfg, "decoder")),
-        decode_threads=int(require(cfg, "decode_threads")),
-        max_retries=int(require(cfg, "max_retries")),
+        num_frames=number(cfg, "num_frames", integer=True, at_least=1),
+        sampling_rate=number(cfg, "sampling_rate", integer=True, at_least=1),
+        target_fps=number(cfg, "target_fps", above=0, optional=True),
+        mean=channels(cfg, "mean"),
+        std=channels(cfg, "std", positive=True),
+        hflip=flag(cfg, "train_hflip"),
+        decoder=choice(cfg, "decoder", list(DECODERS)),
+        decode_threads=number(cfg, "decode_threads", integer=True, at_least=0),
+        max_retries=number(cfg, "max_retries", integer=True, at_least=0),
     )
     if split == "train":
         return ClipSpec(
             train=True,
-            min_scale=int(scales[0]),
-            max_scale=int(scales[1]),
+            min_scale=min_scale,
+            max_scale=max_scale,
             crop_size=train_crop,
             num_clips=1,
             num_crops=1,
             **common,
         )
-    views = require(cfg, split)
+    views, where = require(cfg, split), f"data.{split}"
     if split == "val":
-        scale, crop = scales[0], train_crop
+        scale, crop = min_scale, train_crop
     else:
-        scale, crop = require(cfg, "test_scale"), require(cfg, "test_crop_size")
-    scale = int(scale if views.get("scale") is None else views["scale"])
-    crop = int(crop if views.get("crop_size") is None else views["crop_size"])
+        scale = number(cfg, "test_scale", integer=True, at_least=1)
+        crop = number(cfg, "test_crop_size", integer=True, at_least=1)
+    if views.get("scale") is not None:
+        scale = number(views, "scale", where, integer=True, at_least=1)
+    if views.get("crop_size") is not None:
+        crop = number(views, "crop_size", where, integer=True, at_least=1)
     if crop > scale:
         raise ValueError(f"data: {split} crop size {crop} is larger than its short-side scale {scale}")
     return ClipSpec(
@@ -278,8 +288,8 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
         min_scale=scale,
         max_scale=scale,
         crop_size=crop,
-        num_clips=int(require(views, "num_clips", f"data.{split}")),
-        num_crops=int(require(views, "num_crops", f"data.{split}")),
+        num_clips=number(views, "num_clips", where, integer=True, at_least=1),
+        num_crops=number(views, "num_crops", where, integer=True, at_least=1),
         **common,
     )
 
@@ -345,20 +355,32 @@ FORMATS: dict[str, DataFormat] = {
 }
 
 
-def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
-    """Dataset for ``split`` in {"train", "val", "test"} from the ``data`` config group."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}; expected one of {SPLITS}")
-    root = data_root(cfg)
-    fmt_name = require(cfg, "format")
-    if fmt_name not in FORMATS:
-        raise ValueError(f"data.format={fmt_name!r} is not known; choose one of: {', '.join(FORMATS)}")
+def _data_format(cfg: Mapping) -> tuple[DataFormat, bool, int | None]:
+    """``data.format``'s reader, ``data.multi_label`` (which must fit it) and ``data.num_classes``."""
+    fmt_name = choice(cfg, "format", list(FORMATS))
     fmt = FORMATS[fmt_name]
-    multi_label = bool(require(cfg, "multi_label"))
+    multi_label = flag(cfg, "multi_label")
     if multi_label != fmt.multi_label:
         raise ValueError(f"data.multi_label={multi_label} does not fit data.format={fmt_name}")
-    num_classes = require(cfg, "num_classes")
-    num_classes = None if num_classes is None else int(num_classes)
+    return fmt, multi_label, number(cfg, "num_classes", integer=True, at_least=1, optional=True)
+
+
+def check_data_config(cfg: Mapping) -> None:
+    """Check every value of the ``data`` config that the pipeline reads, without touching a file:
+    :func:`nlvideo.engine.config.validate_config` runs it so that ``data.sampling_rate=0`` or
+    ``data.std=0`` is one line at start-up, not a traceback (or a wrong clip) at the first batch."""
+    _data_format(cfg)
+    number(cfg, "batch_size", integer=True, at_least=1)
+    for split in SPLITS:
+        clip_spec(cfg, split)
+    loader_options(cfg)
+
+
+def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
+    """Dataset for ``split`` in {"train", "val", "test"} from the ``data`` config group."""
+    spec = clip_spec(cfg, split)
+    root = data_root(cfg)
+    fmt, multi_label, num_classes = _data_format(cfg)
     generate = cfg.get("generate")  # only the built-in synthetic dataset has this key
     if generate is not None:
         from nlvideo.data.synthetic import ensure_synthetic
@@ -368,4 +390,4 @@ def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
     if class_file is not None:
         class_file = root / str(class_file)  # relative to the root; an absolute path stays as it is
     records, class_names = fmt.read(cfg, root, split, num_classes, class_file)
-    return VideoDataset(records, class_names, split, clip_spec(cfg, split), multi_label=multi_label)
+    return VideoDataset(records, class_names, split, spec, multi_label=multi_label)

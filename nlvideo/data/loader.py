@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nlvideo.data.config import require
+from nlvideo.data.config import flag, number
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -52,24 +52,35 @@ def build_loader(
     ``drop_last`` (incomplete final batch) defaults to True for the train split, False otherwise.
     ``num_workers`` defaults to ``data.num_workers``.
     """
-    workers = int(require(cfg, "num_workers") if num_workers is None else num_workers)
+    kwargs = loader_options(cfg)
+    if num_workers is not None:
+        kwargs["num_workers"] = num_workers
     if drop_last is None:
         drop_last = getattr(dataset, "split", "train") == "train"
-    kwargs: dict[str, Any] = {}
-    if workers > 0:
-        prefetch = require(cfg, "prefetch_factor")
-        kwargs["persistent_workers"] = bool(require(cfg, "persistent_workers"))
-        kwargs["prefetch_factor"] = int(prefetch) if prefetch else None  # null or 0: torch's default (2)
+    if kwargs["num_workers"] == 0:  # torch refuses these without workers
+        del kwargs["persistent_workers"], kwargs["prefetch_factor"]
+    else:
         kwargs["worker_init_fn"] = seed_worker
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
-        pin_memory=bool(require(cfg, "pin_memory")) and torch.cuda.is_available(),
         drop_last=drop_last,
         collate_fn=collate_clips,
         generator=torch.Generator().manual_seed(int(getattr(sampler, "seed", 0))),
         **kwargs,
     )
+
+
+def loader_options(cfg: Mapping) -> dict[str, Any]:
+    """The ``data`` keys of :class:`~torch.utils.data.DataLoader`, checked: ``num_workers``,
+    ``prefetch_factor`` (null or 0: torch's default, 2), ``persistent_workers``, ``pin_memory`` (only
+    with CUDA)."""
+    prefetch = number(cfg, "prefetch_factor", integer=True, at_least=0, optional=True)
+    return {
+        "num_workers": number(cfg, "num_workers", integer=True, at_least=0),
+        "prefetch_factor": prefetch or None,
+        "persistent_workers": flag(cfg, "persistent_workers"),
+        "pin_memory": flag(cfg, "pin_memory") and torch.cuda.is_available(),
+    }
 

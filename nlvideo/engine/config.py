@@ -8,12 +8,16 @@ are delegated to :func:`nlvideo.models.make_spec`.
 from __future__ import annotations
 
 import re
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.data.config import choice, number, shown
+from nlvideo.data.dataset import check_data_config
 from nlvideo.engine.logging import PROGRESS_MODES
 from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS
 from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
@@ -55,9 +59,9 @@ def check_group_choices(argv: list[str], config_dir: str | Path) -> None:
         if "(" in value or value in ("null", ""):
             continue
         allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-        for choice in (c.strip() for c in value.split(",")):
-            if choice not in allowed:
-                raise ConfigError(f"{group}={choice} is not allowed; choose one of: {', '.join(allowed)}")
+        for name in (c.strip() for c in value.split(",")):
+            if name not in allowed:
+                raise ConfigError(f"{group}={name} is not allowed; choose one of: {', '.join(allowed)}")
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -66,8 +70,74 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def _existing_file(t: DictConfig, key: str, hint: str) -> None:
+    """``trainer.<key>`` (a checkpoint path) must exist now, not after the data was read."""
+    value = t.get(key)
+    if value not in (None, False, "null", "auto") and not Path(str(value)).is_file():
+        raise ConfigError(f"trainer.{key}={value} does not exist{hint}")
+
+
+def _check_signals(names: Any) -> None:
+    """``trainer.preempt_signals``: names of signals a handler can be installed for."""
+    usable = set(signal.Signals.__members__) - {"SIGKILL", "SIGSTOP"}
+    for name in names if isinstance(names, Sequence) and not isinstance(names, str) else [names]:
+        if name not in usable:
+            raise ConfigError(f"trainer.preempt_signals: {shown(name)} is not a signal that can be caught; "
+                              "use names such as SIGTERM, SIGUSR1, SIGUSR2")
+
+
+def _check_optim(o: DictConfig) -> None:
+    number(o, "lr", "optim", above=0)
+    choice(o, "optimizer", OPTIMIZERS, "optim")
+    number(o, "momentum", "optim", at_least=0, below=1)
+    number(o, "weight_decay", "optim", at_least=0)
+    number(o, "reference_batch_size", "optim", integer=True, at_least=1)
+    choice(o, "schedule", SCHEDULES, "optim")
+    choice(o, "unit", UNITS, "optim")
+    number(o, "warmup", "optim", at_least=0)
+    number(o, "warmup_start_factor", "optim", above=0)
+    number(o, "gamma", "optim", above=0)
+    number(o, "final_lr_factor", "optim", at_least=0)
+    number(o, "clip_grad_norm", "optim", above=0, optional=True)
+    _need(isinstance(o.steps, Sequence) and not isinstance(o.steps, str),
+          f"optim.steps={shown(o.steps)} must be a list of numbers")
+    for i, step in enumerate(o.steps):
+        number({f"steps[{i}]": step}, f"steps[{i}]", "optim", at_least=0)
+
+
+def _check_training(t: DictConfig) -> None:
+    max_iters = number(t, "max_iters", "trainer", integer=True, at_least=1, optional=True)
+    number(t, "epochs", "trainer", integer=True, at_least=0 if max_iters else 1)
+    ck = t.checkpoint
+    number(ck, "every_iters", "trainer.checkpoint", integer=True, at_least=0)
+    number(ck, "keep_last", "trainer.checkpoint", integer=True, at_least=1)
+    number(t, "eval_period", "trainer", integer=True, at_least=0)
+    number(t.precise_bn, "num_batches", "trainer.precise_bn", integer=True, at_least=1)
+    number(t, "preempt_exit_code", "trainer", integer=True, at_least=0, below=256)
+    _check_signals(t.preempt_signals)
+    _existing_file(t, "resume", ": pass a checkpoint file, trainer.resume=auto (the newest in the run dir) "
+                   "or trainer.resume=null")
+    _existing_file(t, "init_weights", "")
+
+
 def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
-    """Raise :class:`ConfigError` for the first invalid or missing value."""
+    """Raise :class:`ConfigError` for the first invalid or missing value.
+
+    Every key is checked for its type and range, not only for known bad values: a string where a number
+    belongs, ``inf``, ``1.5`` for a count, a zero std all failed later (a traceback at the first batch)
+    or not at all (``int(1.5)`` is 1, a sampling rate of 0 repeats one frame). ``needs_train=False``
+    (eval.py) skips the optimiser and the keys only training reads. The readers of
+    :mod:`nlvideo.data.config` raise ValueError (the data package knows no ConfigError); each becomes
+    one ConfigError line here."""
+    try:
+        _validate(cfg, needs_train)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _validate(cfg: DictConfig, needs_train: bool) -> None:
     missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
     if "data.root" in missing:
         name = cfg.data.get("name", "?")
@@ -79,29 +149,11 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
         raise ConfigError(f"data.root={cfg.data.root} is not a directory: pass data.root=/path/to/{name} "
                           "(the folder holding its videos and annotation lists)")
 
-    o, t = cfg.optim, cfg.trainer
+    t = cfg.trainer
     if needs_train:
-        _need(float(o.lr) > 0, f"optim.lr={o.lr} must be > 0")
-        optimizer = o.get("optimizer", "sgd")
-        _need(optimizer in OPTIMIZERS,
-              f"optim.optimizer={optimizer!r} is not allowed; choose one of: " + ", ".join(OPTIMIZERS))
-        _need(0 <= float(o.momentum) < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
-        _need(float(o.weight_decay) >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
-        _need(int(o.reference_batch_size) > 0, "optim.reference_batch_size must be > 0")
-        _need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r} is not allowed; choose one of: "
-              + ", ".join(SCHEDULES))
-        _need(o.unit in UNITS, f"optim.unit={o.unit!r} is not allowed; choose one of: " + ", ".join(UNITS))
-        _need(float(o.warmup) >= 0, f"optim.warmup={o.warmup} must be >= 0")
-        _need(o.clip_grad_norm is None or float(o.clip_grad_norm) > 0,
-              f"optim.clip_grad_norm={o.clip_grad_norm} must be null or > 0")
-        _need(int(t.epochs) >= 1 or (t.max_iters or 0) >= 1, f"trainer.epochs={t.epochs} must be >= 1")
-        _need(t.max_iters is None or int(t.max_iters) >= 1,
-              f"trainer.max_iters={t.max_iters} must be null or >= 1")
-        ck = t.checkpoint
-        _need(int(ck.every_iters) >= 0, f"trainer.checkpoint.every_iters={ck.every_iters} must be >= 0 "
-              "(0 = at epoch ends only)")
-        _need(int(ck.keep_last) >= 1, f"trainer.checkpoint.keep_last={ck.keep_last} must be >= 1")
-        _need(int(t.eval_period) >= 0, f"trainer.eval_period={t.eval_period} must be >= 0 (0 = never)")
+        _check_optim(cfg.optim)
+        _check_training(t)
+    number(cfg, "seed", "", integer=True)
     _need(t.device in DEVICES,
           f"trainer.device={t.device!r} is not allowed; choose one of: " + ", ".join(DEVICES))
     device = resolve_device(t.device)
@@ -110,12 +162,10 @@ def validate_config(cfg: DictConfig, needs_train: bool = True) -> None:
     _need(amp in AMP_MODES, f"trainer.amp={t.amp!r} is not allowed; choose one of: off, bf16, fp16")
     _need(not (amp == "fp16" and device.type == "cpu"),
           "trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or trainer.amp=off")
-    threads = t.get("cpu_threads")
-    _need(threads is None or (isinstance(threads, int) and threads >= 1),
-          f"trainer.cpu_threads={threads!r} must be null (torch's default) or an integer >= 1")
-    _need(t.progress in PROGRESS_MODES, f"trainer.progress={t.progress!r} is not allowed; choose one of: "
-          + ", ".join(PROGRESS_MODES))
-    _need(int(cfg.data.batch_size) >= 1, f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    number(t, "cpu_threads", "trainer", integer=True, at_least=1, optional=True)
+    number(t, "log_period", "trainer", integer=True, at_least=1)
+    choice(t, "progress", PROGRESS_MODES, "trainer")
+    check_data_config(cfg.data)
 
     from nlvideo.models import make_spec
 
