@@ -1,8 +1,10 @@
 """Checkpoint files: atomic writes, keep-last-K, newest *valid* lookup, RNG round trip."""
 
+import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from nlvideo.engine import checkpoint as ck
@@ -50,3 +52,66 @@ def test_rng_state_round_trip_through_file(tmp_path):
     ck.set_rng_state(state["rng"])
     got = (random.random(), float(np.random.rand()), torch.rand(2))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def _run_state(v: float, run_id: str) -> dict:
+    return {**_state(v), "run_id": run_id}
+
+
+def test_rotation_deletes_only_its_own_runs_files(tmp_path):
+    """Run A left 5 and 6; run B writing 1..3 with keep_last=2 keeps its own newest two and A's files
+    (pruning by iteration number alone deleted B's fresh checkpoints and kept A's)."""
+    for it in (5, 6):
+        ck.save_checkpoint(_run_state(it, "A"), tmp_path, it, keep_last=2)
+    for it in (1, 2, 3):
+        ck.save_checkpoint(_run_state(it, "B"), tmp_path, it, keep_last=2)
+    assert [int(p.stem.split("_")[1]) for p in ck.list_checkpoints(tmp_path)] == [2, 3, 5, 6]
+
+
+def test_unreadable_checkpoint_is_set_aside_not_ranked(tmp_path):
+    """A truncated newest file with keep_last=1 used to outrank (and delete) every new checkpoint."""
+    ck.save_checkpoint(_run_state(1, "A"), tmp_path, 1, keep_last=1)
+    good = ck.checkpoint_path(tmp_path, 1).read_bytes()
+    ck.checkpoint_path(tmp_path, 9).write_bytes(good[: len(good) // 2])
+    written = ck.save_checkpoint(_run_state(2, "A"), tmp_path, 2, keep_last=1)
+    assert ck.list_checkpoints(tmp_path) == [written]
+    assert (tmp_path / ck.UNREADABLE_DIR / "checkpoint_000000009.pt").is_file()  # kept, moved aside
+    assert ck.run_id_of(written) == "A"
+
+
+def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
+    """A live writer's temporary file survives another save's clean-up; a dead writer's goes."""
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live = tmp_path / f".checkpoint_000000004.pt.{host}-{os.getpid()}.abc123.tmp"
+    gone = tmp_path / f".checkpoint_000000003.pt.{host}-{dead}.def456.tmp"
+    for p in (live, gone):
+        p.write_bytes(b"partial")
+    ck.save_checkpoint(_run_state(1, "A"), tmp_path, 1)
+    assert live.exists() and not gone.exists()
+
+
+def test_run_dir_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+
+    from nlvideo.engine.run_lock import RunDirBusy, RunDirLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from nlvideo.engine.run_lock import RunDirLock; "
+         f"RunDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirBusy, match=rf"in use by host \S+ pid {holder.pid} since"):
+            RunDirLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDirLock(tmp_path):  # the kernel released the dead holder's lock
+        pass

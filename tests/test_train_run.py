@@ -108,6 +108,10 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, synthetic_root, tmp_pa
     r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout and "iteration 2)" in r.stdout
+    # The resumed epoch's totals cover all its steps (they used to cover only those after the resume).
+    done = [ln.split("done: ", 1)[1] for ln in (reference_run / "train.log").read_text().splitlines()
+            if "epoch 1/2 done: " in ln]
+    assert len(done) == 1 and f"epoch 1/2 done: {done[0]}" in r.stdout, (done, r.stdout[-2000:])
     want = load_model_state(reference_run / "checkpoints" / "checkpoint_000000008.pt")
     got = load_model_state(run_dir / "checkpoints" / "checkpoint_000000008.pt")
     assert want.keys() == got.keys()

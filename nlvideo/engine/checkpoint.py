@@ -1,10 +1,15 @@
-"""Atomic checkpoints with keep-last-K rotation, newest-valid lookup and RNG capture.
+"""Atomic checkpoints of one run, keep-last-K rotation of that run's own files, newest-valid lookup
+and RNG capture.
 
 Layout: ``<run_dir>/checkpoints/checkpoint_<iteration:09d>.pt``. A write goes to a temporary file in
-the same directory, is fsync'ed and then renamed over the final name (``os.replace`` is atomic on
-POSIX), so a crash or SIGKILL leaves either the previous set of checkpoints or the new one, never a
-truncated ``.pt``. Loading still verifies: :func:`load_latest_valid` walks the checkpoints newest
-first and skips any that ``torch.load`` cannot read (e.g. a file copied in half by hand).
+the same directory (named after its writer's host and pid), is fsync'ed and then renamed over the
+final name (``os.replace`` is atomic on POSIX), so a crash or SIGKILL leaves either the previous set of
+checkpoints or the new one, never a truncated ``.pt``.
+
+Every checkpoint carries its run's ``run_id``. Rotation deletes only older files of the same run, and
+never the one just written; a file that cannot be read (e.g. copied in half by hand) is reported and
+moved to ``checkpoints/unreadable/``, so it is neither ranked as "newest" nor deleted.
+:func:`load_latest_valid` walks the checkpoints newest first and skips (and moves aside) such files.
 
 A checkpoint is a plain dict; the trainer decides its content (model, optimizer, scheduler, scaler,
 epoch, iteration, sampler position, per-rank RNG states, config). Files hold Python objects, so
@@ -17,6 +22,7 @@ import logging
 import os
 import random
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,8 @@ import torch
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TMP_WRITER = re.compile(r"^\.checkpoint_\d+\.pt\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+UNREADABLE_DIR = "unreadable"
 
 
 def checkpoint_path(directory: str | os.PathLike, iteration: int) -> Path:
@@ -45,14 +53,15 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, iteration: int,
                     keep_last: int | None = None, _while_writing: Callable[[], None] | None = None) -> Path:
-    """Atomically write ``state`` as ``checkpoint_<iteration>.pt``; then prune to the last ``keep_last``.
+    """Atomically write ``state`` as ``checkpoint_<iteration>.pt``; then keep the newest ``keep_last``
+    checkpoints of ``state["run_id"]``'s run (this one always among them).
 
     ``_while_writing`` (fault injection, ``trainer.debug.kill_during_checkpoint``) is called after
     ``torch.save`` returned and before the file is flushed, synced and renamed."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(d, iteration)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_writer_tag()}.", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -65,12 +74,83 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, iterati
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(d)
-    for stale in d.glob(".checkpoint_*.tmp"):  # left behind by a killed writer
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(d)
     if keep_last is not None and keep_last > 0:
-        for old in list_checkpoints(d)[:-keep_last]:
-            old.unlink(missing_ok=True)
+        prune(d, state.get("run_id"), keep=final, keep_last=keep_last)
     return final
+
+
+def _writer_tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Remove the temporary files of writers that are gone: on this host, a pid that no longer runs.
+
+    A temporary file of another host (or of an older naming without one) is removed too: only the
+    holder of the run-dir lock (:mod:`nlvideo.engine.run_lock`) writes checkpoints, so its writer
+    cannot be alive."""
+    host = socket.gethostname()
+    for tmp in directory.glob(".checkpoint_*.tmp"):
+        m = _TMP_WRITER.match(tmp.name)
+        if m and m["host"] == host and _pid_alive(int(m["pid"])):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_id_of(path: Path) -> str | None:
+    """The ``run_id`` a checkpoint records ("" for checkpoints written before run ids); None if the
+    file cannot be read. Memory-maps the file, so tensors are not read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure means "not a usable checkpoint"
+        return None
+    if not isinstance(state, dict) or "model" not in state:
+        return None
+    return str(state.get("run_id") or "")
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Move an unreadable checkpoint to ``unreadable/`` beside it (never deleted), reporting it."""
+    dest_dir = path.parent / UNREADABLE_DIR
+    dest_dir.mkdir(exist_ok=True)
+    dest = dest_dir / path.name
+    n = 1
+    while dest.exists():
+        dest = dest_dir / f"{path.name}.{n}"
+        n += 1
+    os.replace(path, dest)
+    log.warning("checkpoint %s is unreadable (%s); moved to %s", path, reason, dest)
+    return dest
+
+
+def prune(directory: Path, run_id: str | None, keep: Path, keep_last: int) -> list[Path]:
+    """Delete the oldest checkpoints of run ``run_id`` beyond the newest ``keep_last``; ``keep`` (the
+    file just written) is never deleted, other runs' files are never touched, unreadable ones are
+    set aside. Returns the deleted paths."""
+    own = []
+    for path in list_checkpoints(directory):
+        if path == keep:
+            continue
+        found = run_id_of(path)
+        if found is None:
+            set_aside(path, "found while pruning")
+        elif found == (run_id or ""):
+            own.append(path)
+    deleted = own[: max(len(own) - (keep_last - 1), 0)]
+    for old in deleted:
+        old.unlink(missing_ok=True)
+    return deleted
 
 
 def _fsync_dir(d: Path) -> None:
@@ -92,16 +172,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_latest_valid(directory: str | os.PathLike,
                       map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` that loads; unreadable ones are reported and skipped."""
+    """The newest checkpoint in ``directory`` that loads; unreadable ones are reported and moved to
+    ``unreadable/`` (so they are neither resumed from nor ranked by later rotations)."""
     for path in reversed(list_checkpoints(directory)):
         try:
             state = load_checkpoint(path, map_location)
         except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
-                        path, type(exc).__name__, exc)
+            set_aside(path, f"{type(exc).__name__}: {exc}; trying the previous one")
             continue
         if not isinstance(state, dict) or "model" not in state:
-            log.warning("checkpoint %s has no model state; trying the previous one", path)
+            set_aside(path, "no model state; trying the previous one")
             continue
         return path, state
     return None

@@ -49,13 +49,17 @@ def nonzero_rank_argv(argv: list[str]) -> list[str]:
 
 
 def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
-    """Run ``job(cfg)`` as a command: a ConfigError is one ``error:`` line and exit status 2, a non-zero
-    status from the job exits with it; the process group is always torn down."""
+    """Run ``job(cfg)`` as a command: a ConfigError is one ``error:`` line and exit status 2, an
+    interrupt one line and 130, a non-zero status from the job exits with it; the process group is
+    always torn down."""
     try:
         status = job(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one checkpoints and stops cleanly)
+        print("interrupted", file=sys.stderr)
+        status = 130
     finally:
         du.cleanup()
     if status:

@@ -59,6 +59,12 @@ class Progress:
     def __iter__(self) -> Iterator:
         return iter(self.iterable)
 
+    def ticking(self) -> Iterator:
+        """Iterate, ticking after each item (loops with no per-step statistics to show)."""
+        for item in self.iterable:
+            yield item
+            self.update()
+
     def update(self, **stats: Any) -> None:
         self.n += 1
         if self.mode == "bar":

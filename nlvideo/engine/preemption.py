@@ -20,22 +20,37 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionHandler:
-    def __init__(self, signals: Iterable[str] = ("SIGTERM", "SIGUSR1")):
+    """Records the first stop signal; SIGINT (Ctrl-C) is always handled: the first one stops at the
+    next iteration boundary after a checkpoint (exit status 130), a second one interrupts at once."""
+
+    def __init__(self, signals: Iterable[str] = ("SIGTERM", "SIGUSR1"), interactive: bool = True):
         self.received: int | None = None
         self.previous: dict[int, object] = {}
-        for name in signals:
+        names = list(dict.fromkeys([*signals, *(["SIGINT"] if interactive else [])]))
+        for name in names:
             sig = getattr(signal, name)
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            log.warning("received %s: will checkpoint and stop at the next iteration boundary",
-                        signal.Signals(signum).name)
+            log.warning("received %s: will checkpoint and stop at the next iteration boundary%s", self.name,
+                        " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else "none"
+
+    def exit_code(self, preempt_exit_code: int) -> int:
+        """130 after Ctrl-C (as shells report an interrupted command), else ``trainer.preempt_exit_code``."""
+        return 130 if self.received == signal.SIGINT else preempt_exit_code
 
     def chain(self) -> None:
-        """Run the handler that was installed before ours (e.g. submitit's requeue), if any."""
-        if self.received is None:
+        """Run the handler that was installed before ours (e.g. submitit's requeue), if any. Not for
+        SIGINT, whose default handler would raise KeyboardInterrupt after the clean stop."""
+        if self.received is None or self.received == signal.SIGINT:
             return
         prev = self.previous.get(self.received)
         if callable(prev):

@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import hydra
 import numpy as np
@@ -27,6 +28,7 @@ from nlvideo.models import to_channels_last_3d
 log = logging.getLogger("nlvideo.train")
 
 Forward = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 def setup_runtime(cfg: DictConfig, rank: int) -> torch.device:
@@ -119,6 +121,22 @@ def run_dir_of_this_job() -> Path:
     """Rank 0's Hydra output directory, shared with every rank."""
     path = HydraConfig.get().runtime.output_dir if du.is_main_process() else None
     return Path(du.broadcast_object(path))
+
+
+def decide_on_main(decide: Callable[[], T]) -> T:
+    """Run ``decide()`` on rank 0 only (file-system decisions: locks, which checkpoint) and give every
+    rank its result, or raise on every rank the :class:`ConfigError` it raised, so no rank is left
+    waiting in a collective for a rank that stopped."""
+    outcome = None
+    if du.is_main_process():
+        try:
+            outcome = ("ok", decide())
+        except ConfigError as exc:
+            outcome = ("error", str(exc))
+    kind, value = du.broadcast_object(outcome)
+    if kind == "error":
+        raise ConfigError(value)
+    return value
 
 
 def task_overrides() -> list[str]:

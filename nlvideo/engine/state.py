@@ -3,19 +3,48 @@ killed run resumes without losing or repeating an iteration.
 
 On disk the fields keep the names checkpoints have always used (``epoch``, ``iter_in_epoch``,
 ``iteration``, ``best``, per-rank ``rng``, and the ``world_size``/``per_rank_batch`` that wrote them),
-so older checkpoints resume too.
+so older checkpoints resume too. Newer fields: ``run_id`` (which run wrote it: checkpoint rotation
+deletes only its own run's files) and ``epoch_sums`` (the running epoch's loss/accuracy/skipped
+totals, so epoch metrics after a mid-epoch resume cover the whole epoch).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import torch
 
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 
 log = logging.getLogger("nlvideo.train")
+
+
+@dataclass
+class Meter:
+    """Sums over a span of iterations (a logging window or an epoch); all but the times are summed over
+    ranks, so every rank holds the same values."""
+
+    loss: float = 0.0  # loss x clips
+    correct: float = 0.0  # top-1 hits
+    n: float = 0.0  # clips
+    skipped: float = 0.0  # unreadable reads replaced by another video
+    data_time: float = 0.0  # this rank's seconds waiting for data
+    time: float = 0.0  # this rank's seconds per iteration
+    iters: int = 0
+
+    def add(self, reduced: torch.Tensor, data_time: float, iter_time: float) -> None:
+        """Add one step's all-reduced (loss x clips, hits, clips, ..., skipped) and its times."""
+        self.loss += float(reduced[0])
+        self.correct += float(reduced[1])
+        self.n += float(reduced[2])
+        self.skipped += float(reduced[5])
+        self.data_time += data_time
+        self.time += iter_time
+        self.iters += 1
 
 
 @dataclass
@@ -27,6 +56,8 @@ class TrainState:
     step: int = 0
     iteration: int = 0
     best: float | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    epoch_sum: Meter = field(default_factory=Meter)  # totals of the steps of ``epoch`` done so far
     # This rank's generator states, restored just before the next batch is drawn (set by a resume).
     pending_rng: dict[str, Any] | None = None
 
@@ -34,6 +65,7 @@ class TrainState:
         """Collective (gathers every rank's RNG state); call on every rank."""
         return {
             "epoch": self.epoch, "iter_in_epoch": self.step, "iteration": self.iteration, "best": self.best,
+            "run_id": self.run_id, "epoch_sums": asdict(self.epoch_sum),
             "world_size": du.get_world_size(), "per_rank_batch": per_rank_batch,
             "samples_per_rank": self.step * per_rank_batch,
             "rng": du.all_gather_object(ckpt_io.rng_state()),
@@ -44,7 +76,11 @@ class TrainState:
         """The position a checkpoint recorded, for this job's process count and global batch."""
         info = du.info()
         state = cls(epoch=saved["epoch"], step=saved["iter_in_epoch"], iteration=saved["iteration"],
-                    best=saved.get("best"))
+                    best=saved.get("best"), run_id=str(saved.get("run_id") or ""),
+                    epoch_sum=Meter(**saved.get("epoch_sums") or {}))
+        if state.step and "epoch_sums" not in saved:
+            log.warning("checkpoint has no epoch totals: this epoch's train/epoch_* cover only the steps "
+                        "after the resume")
         rngs = saved.get("rng") or []
         if len(rngs) == info.world_size:
             state.pending_rng = rngs[info.rank]

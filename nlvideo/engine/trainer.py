@@ -38,17 +38,19 @@ from nlvideo.engine.logging import Progress, TensorBoard, setup_rank_logging
 from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, restore_schedule
 from nlvideo.engine.precise_bn import update_bn_stats
 from nlvideo.engine.preemption import PreemptionHandler
+from nlvideo.engine.run_lock import RunDirBusy, RunDirLock
 from nlvideo.engine.runtime import (
     Forward,
     build_model,
     build_split,
+    decide_on_main,
     make_forward,
     model_stats,
     run_dir_of_this_job,
     setup_runtime,
     task_overrides,
 )
-from nlvideo.engine.state import TrainState
+from nlvideo.engine.state import Meter, TrainState
 
 log = logging.getLogger("nlvideo.train")
 
@@ -75,7 +77,7 @@ class Loop:
     run_dir: Path | None = None
     meta: dict = field(default_factory=dict)  # stored in every checkpoint: config, overrides, classes
     tb: TensorBoard = field(default_factory=lambda: TensorBoard(None, enabled=False))
-    preemption: PreemptionHandler = field(default_factory=lambda: PreemptionHandler([]))
+    preemption: PreemptionHandler = field(default_factory=lambda: PreemptionHandler([], interactive=False))
     bad_videos: BadVideoReport = field(default_factory=BadVideoReport)
     faults: FaultInjection = field(default_factory=FaultInjection)
 
@@ -106,19 +108,40 @@ def train(cfg: DictConfig) -> int:
     info = du.init_distributed()
     setup_rank_logging(info.rank)
     run_dir = run_dir_of_this_job()
-    device = setup_runtime(cfg, info.rank)
-    per_rank_batch = int(cfg.data.batch_size)
-    log.info("run dir %s | %d process(es) (%s) | device %s | %d CPU thread(s) | global batch %d", run_dir,
-             info.world_size, info.backend or "single", device, torch.get_num_threads(),
-             per_rank_batch * info.world_size)
+    lock = RunDirLock(run_dir, wait=bool(cfg.trainer.wait_for_run_dir))
+    decide_on_main(lambda: hold(lock))  # one writer per run dir, for the whole run
+    try:
+        device = setup_runtime(cfg, info.rank)
+        per_rank_batch = int(cfg.data.batch_size)
+        log.info("run dir %s | %d process(es) (%s) | device %s | %d CPU thread(s) | global batch %d",
+                 run_dir, info.world_size, info.backend or "single", device, torch.get_num_threads(),
+                 per_rank_batch * info.world_size)
 
-    # Data first: num_classes and multi_label come from the dataset itself.
-    train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
-    val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
-    loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
-    state = start_or_resume(loop)
-    write_run_files(loop, train_ds)
-    return run_epochs(loop, state, train_sampler, train_loader, val)
+        # Data first: num_classes and multi_label come from the dataset itself.
+        train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
+        val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
+        log_data(train_ds, val[0] if val else None)
+        loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
+        state = start_or_resume(loop)
+        write_run_files(loop, train_ds)
+        return run_epochs(loop, state, train_sampler, train_loader, val)
+    finally:
+        lock.release()
+
+
+def hold(lock: RunDirLock) -> None:
+    try:
+        lock.acquire()
+    except RunDirBusy as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def log_data(train_ds, val_ds) -> None:
+    """What data the run found, before any of it is read."""
+    for split, ds in (("train", train_ds), ("val", val_ds)):
+        if ds is not None:
+            log.info("%s: %d videos, %d classes (%s)", split, ds.num_videos, ds.num_classes,
+                     "multi-label" if ds.multi_label else "single-label")
 
 
 def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, num_batches: int) -> Loop:
@@ -134,7 +157,7 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
 
     net = build_model(cfg, device)
     if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
-        load_weights_for_finetuning(net, str(t.init_weights))
+        load_weights_for_finetuning(net, str(t.init_weights), list(train_ds.class_names))
     stats = model_stats(net, cfg) if info.is_main else {}
     if info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -161,13 +184,29 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
         preemption=PreemptionHandler(preempt_signals(cfg)), faults=faults)
 
 
-def load_weights_for_finetuning(net: torch.nn.Module, path: str) -> None:
-    """Copy the model weights of a checkpoint whose shapes match (the classifier of a model trained on
-    another label set is skipped); optimizer and schedule start fresh."""
-    state = ckpt_io.load_checkpoint(path)["model"]
+CLASSIFIER = "head.fc."  # the parameters whose rows are classes
+
+
+def load_weights_for_finetuning(net: torch.nn.Module, path: str, class_names: list[str]) -> None:
+    """Copy the model weights of a checkpoint whose shapes match; optimizer and schedule start fresh.
+
+    The classifier is kept only when the checkpoint was trained on the same classes: rows are matched
+    by class name (so a list in another order still maps each class to its own row), and a classifier
+    of other classes is left at its initialisation, which the log says."""
+    saved = ckpt_io.load_checkpoint(path)
+    state, theirs = dict(saved["model"]), saved.get("class_names")
+    head = [k for k in state if k.startswith(CLASSIFIER)]
+    if theirs is not None and sorted(theirs) == sorted(class_names) and list(theirs) != class_names:
+        rows = torch.tensor([list(theirs).index(c) for c in class_names])
+        state.update({k: state[k][rows] for k in head})
+        log.info("classifier rows of %s reordered by class name to this data's class order", path)
+    elif theirs is not None and sorted(theirs) != sorted(class_names):
+        state = {k: v for k, v in state.items() if k not in head}
+        log.info("new classifier: %s was trained on %d classes (%s), this data has %d (%s)", path,
+                 len(theirs), _preview(theirs), len(class_names), _preview(class_names))
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(state) - set(usable))
+    skipped = sorted(set(saved["model"]) - set(usable))
     net.load_state_dict(usable, strict=False)
     log.info("initialised %d/%d tensors from %s; not loaded: %s; left at init: %s", len(usable), len(own),
              path, skipped or "none", sorted(set(own) - set(usable)) or "none")
@@ -184,22 +223,49 @@ def preempt_signals(cfg: DictConfig) -> list[str]:
 def start_or_resume(loop: Loop) -> TrainState:
     """A fresh state, or everything a checkpoint holds restored: the newest valid checkpoint of the run
     dir (``trainer.resume=auto``) or ``trainer.resume=PATH``."""
-    wanted = loop.cfg.trainer.resume
-    path = None
-    if du.is_main_process() and wanted not in (None, "null", False):
-        if wanted == "auto":
-            found = ckpt_io.load_latest_valid(loop.ckpt_dir)
-            path = str(found[0]) if found else None
-        else:
-            path = str(wanted)
-    path = du.broadcast_object(path)
+    path = decide_on_main(lambda: checkpoint_to_resume(loop))
     return resume(loop, path) if path else TrainState()
 
 
+def checkpoint_to_resume(loop: Loop) -> str | None:
+    """Rank 0: which checkpoint to resume, refusing whatever would mix two runs' files in one run dir."""
+    wanted, d = loop.cfg.trainer.resume, loop.ckpt_dir
+    existing = ckpt_io.list_checkpoints(d)
+    if wanted in (None, "null", False):
+        if existing:
+            raise ConfigError(f"trainer.resume=null, but {d} already holds {len(existing)} checkpoint(s) "
+                              f"(newest {existing[-1].name}): pass trainer.resume=auto to continue that run, "
+                              "or choose a new hydra.run.dir")
+        return None
+    if wanted == "auto":
+        found = ckpt_io.load_latest_valid(d)
+        if found is None:
+            log.info("no valid checkpoint in %s: starting from scratch", d)
+        return str(found[0]) if found else None
+    path = Path(str(wanted))
+    theirs = ckpt_io.run_id_of(path)
+    if theirs is None:
+        raise ConfigError(f"trainer.resume={wanted} is not a readable nlvideo checkpoint")
+    for other in existing:
+        found = ckpt_io.run_id_of(other)
+        if found is None:
+            ckpt_io.set_aside(other, "found before resuming")
+        elif found != theirs:
+            raise ConfigError(f"{d} holds checkpoints of another run (e.g. {other.name}) than "
+                              f"trainer.resume={wanted}: choose a new hydra.run.dir")
+    return str(path)
+
+
 def resume(loop: Loop, path: str) -> TrainState:
-    """Weights, optimizer, LR schedule position, AMP scaler, loop position and RNG of checkpoint ``path``."""
+    """Weights, optimizer, LR schedule position, AMP scaler, loop position and RNG of checkpoint ``path``,
+    after checking that it is a checkpoint of this model on these classes."""
     saved = ckpt_io.load_checkpoint(path, map_location="cpu")
-    loop.net.load_state_dict(saved["model"])
+    check_resumable(loop, saved, path)
+    try:
+        loop.net.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {path} does not fit model {loop.cfg.model.name}: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
     loop.optimizer.load_state_dict(saved["optimizer"])
     if restore_schedule(loop.optimizer, loop.scheduler, saved["scheduler"]):  # e.g. a lower lr after NaN
         log.warning("optim.lr differs from the checkpoint's: continuing with the configured rate")
@@ -211,12 +277,47 @@ def resume(loop: Loop, path: str) -> TrainState:
     return state
 
 
+def check_resumable(loop: Loop, saved: dict, path: str) -> None:
+    """Refuse to continue a checkpoint with another model config or another class list (same tensor
+    shapes would load silently and train something else), unless ``trainer.allow_config_change``."""
+    names = loop.meta["class_names"]
+    if saved.get("class_names") is not None and list(saved["class_names"]) != names:
+        raise ConfigError(f"checkpoint {path} was trained on {len(saved['class_names'])} classes "
+                          f"({_preview(saved['class_names'])}), the training data has {len(names)} "
+                          f"({_preview(names)}): point data.root/lists at the run's data, or choose a new "
+                          "hydra.run.dir (trainer.init_weights= fine-tunes on other classes)")
+    changed = config_changes(saved.get("config", {}).get("model", {}), loop.meta["config"]["model"], "model")
+    if not changed:
+        return
+    if not loop.cfg.trainer.allow_config_change:
+        raise ConfigError(f"checkpoint {path} was trained with another model config "
+                          f"({'; '.join(changed[:3])}): pass trainer.allow_config_change=true to resume "
+                          "anyway, or choose a new hydra.run.dir")
+    log.warning("resuming with a changed model config (trainer.allow_config_change): %s", "; ".join(changed))
+
+
+def config_changes(old: dict, new: dict, prefix: str) -> list[str]:
+    """``key: old -> new`` for every leaf both configs have with different values."""
+    out = []
+    for key in sorted(set(old) & set(new)):
+        a, b = old[key], new[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}.{key}")
+        elif a != b:
+            out.append(f"{prefix}.{key}: {a} -> {b}")
+    return out
+
+
+def _preview(names: list[str], n: int = 3) -> str:
+    return ", ".join(map(str, names[:n])) + (", ..." if len(names) > n else "")
+
+
 def write_run_files(loop: Loop, train_ds) -> None:
     """Rank 0: resolved config, class list, TensorBoard hparams and the run's one-line summary."""
     if not du.is_main_process():
         return
     cfg, stats = loop.cfg, loop.meta["model_stats"]
-    (loop.run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    keep_config_history(loop.run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     (loop.run_dir / "classes.json").write_text(json.dumps(list(train_ds.class_names), indent=1) + "\n")
     num_nl = int(getattr(loop.net, "num_nonlocal", 0))
     loop.tb.hparams(
@@ -230,6 +331,17 @@ def write_run_files(loop: Loop, train_ds) -> None:
     log.info("model %s: %.2fM params, %.1f GFLOPs/clip, %d non-local block(s); %d iters/epoch, "
              "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
              loop.iters_per_epoch, loop.num_epochs, loop.total_iters)
+
+
+def keep_config_history(path: Path, text: str) -> None:
+    """Write the run's resolved config; a different one from an earlier start of this run dir moves to
+    ``config_history/`` (numbered), so every config a run dir has seen is kept."""
+    if path.is_file() and path.read_text() != text:
+        history = path.parent / "config_history"
+        history.mkdir(exist_ok=True)
+        n = len(list(history.glob("config_resolved_*.yaml")))
+        os.replace(path, history / f"config_resolved_{n:03d}.yaml")
+    path.write_text(text)
 
 
 def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) -> int:
@@ -250,7 +362,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                 return stop_on_signal(loop, state)
             if val is not None and is_validation_epoch(loop, epoch):
                 validate(loop, state, val, train_sampler, train_loader)
-            state.epoch, state.step = epoch + 1, 0
+            state.epoch, state.step, state.epoch_sum = epoch + 1, 0, Meter()
             save(loop, state)
             loop.tb.flush()
         else:
@@ -272,31 +384,11 @@ def is_validation_epoch(loop: Loop, epoch: int) -> bool:
 def stop_on_signal(loop: Loop, state: TrainState) -> int:
     """A stop signal arrived: checkpoint where the loop stands, run the previous handler, exit status."""
     save(loop, state)
-    code = int(loop.cfg.trainer.preempt_exit_code)
-    log.warning("stopped by signal at iteration %d; checkpoint saved, exiting with status %d "
-                "(rerun with the same hydra.run.dir to resume)", state.iteration, code)
+    code = loop.preemption.exit_code(int(loop.cfg.trainer.preempt_exit_code))
+    log.warning("stopped by signal %s at iteration %d; checkpoint saved, exiting with status %d "
+                "(rerun with the same hydra.run.dir to resume)", loop.preemption.name, state.iteration, code)
     loop.preemption.chain()
     return code
-
-
-@dataclass
-class Meter:
-    """Sums over a span of iterations (a logging window or an epoch), summed over ranks."""
-
-    loss: float = 0.0  # loss x clips
-    correct: float = 0.0  # top-1 hits
-    n: float = 0.0  # clips
-    data_time: float = 0.0  # this rank's seconds waiting for data
-    time: float = 0.0  # this rank's seconds per iteration
-    iters: int = 0
-
-    def add(self, reduced: torch.Tensor, data_time: float, iter_time: float) -> None:
-        self.loss += float(reduced[0])
-        self.correct += float(reduced[1])
-        self.n += float(reduced[2])
-        self.data_time += data_time
-        self.time += iter_time
-        self.iters += 1
 
 
 def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
@@ -305,7 +397,7 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     t = loop.cfg.trainer
     steps = loop.steps_in_epoch(state.epoch)
     every, log_period = int(t.checkpoint.every_iters), int(t.log_period)
-    window, epoch_sum, failures = Meter(), Meter(), 0
+    window = Meter()
     loop.model.train()
     progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=log_period,
                         desc=f"epoch {state.epoch + 1}/{loop.num_epochs}", initial=state.step)
@@ -317,14 +409,13 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
             log.warning("training loader ended after %d of %d steps", step, steps)
             break
         data_time = time.perf_counter() - tic
-        failures += len(batch.get("failures") or [])
         reduced, lr = train_step(loop, state, batch, steps)
         state.step = step + 1
         iter_time = time.perf_counter() - tic
         window.add(reduced, data_time, iter_time)
-        epoch_sum.add(reduced, data_time, iter_time)
+        state.epoch_sum.add(reduced, data_time, iter_time)
         progress.update(it=state.iteration, loss=float(reduced[0] / reduced[2]), lr=lr,
-                        clips_s=loop.global_batch / max(iter_time, 1e-9))
+                        clips_s=window.n / max(window.time, 1e-9))  # the window's, as TensorBoard's
         if window.iters >= log_period or state.step == steps:
             log_window(loop, window, lr, state.iteration)
             window = Meter()
@@ -335,13 +426,13 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
             save(loop, state)
         tic = time.perf_counter()
     progress.close()
-    log_epoch(loop, state, epoch_sum, failures)
+    log_epoch(loop, state)
     return False
 
 
 def train_step(loop: Loop, state: TrainState, batch: dict, steps: int) -> tuple[torch.Tensor, float]:
     """One optimizer step on ``batch``. Returns the all-reduced (loss x clips, top-1 hits, clips, stop
-    requests, new unreadable videos) and the learning rate the step used."""
+    requests, new unreadable videos, replaced reads) and the learning rate the step used."""
     new_bad = loop.bad_videos.new(batch.get("failures") or [])
     logits = loop.forward(loop.model, batch["clip"])
     labels = batch["label"].to(logits.device, non_blocking=True)
@@ -351,7 +442,7 @@ def train_step(loop: Loop, state: TrainState, batch: dict, steps: int) -> tuple[
     correct = 0.0 if loop.multi_label else float((logits.argmax(1) == labels).sum())
     reduced = du.all_reduce_sum(torch.tensor(
         [float(loss.detach()) * b, correct, float(b), float(loop.preemption.received is not None),
-         float(len(new_bad))], dtype=torch.float64))
+         float(len(new_bad)), float(len(batch.get("failures") or []))], dtype=torch.float64))
     if reduced[4] > 0:
         loop.bad_videos.update(new_bad, "replaced by another training video")
     loss_avg = float(reduced[0] / reduced[2])
@@ -394,16 +485,17 @@ def log_window(loop: Loop, window: Meter, lr: float, iteration: int) -> None:
     loop.tb.scalars(scalars, iteration)
 
 
-def log_epoch(loop: Loop, state: TrainState, epoch_sum: Meter, failures: int) -> None:
-    skipped = int(du.all_reduce_sum(torch.tensor([float(failures)])).item())
-    summary = {"train/epoch_loss": epoch_sum.loss / max(epoch_sum.n, 1.0), "data/skipped_videos": skipped}
+def log_epoch(loop: Loop, state: TrainState) -> None:
+    """The epoch's totals (carried through mid-epoch checkpoints, so a resumed epoch counts whole)."""
+    total = state.epoch_sum
+    summary = {"train/epoch_loss": total.loss / max(total.n, 1.0), "data/skipped_videos": int(total.skipped)}
     if not loop.multi_label:
-        summary["train/epoch_top1"] = 100.0 * epoch_sum.correct / max(epoch_sum.n, 1.0)
+        summary["train/epoch_top1"] = 100.0 * total.correct / max(total.n, 1.0)
     loop.tb.scalars(summary, state.iteration)
     top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
     log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
              "this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1, loop.num_epochs,
-             state.iteration, summary["train/epoch_loss"], top1, skipped, loop.bad_videos.count)
+             state.iteration, summary["train/epoch_loss"], top1, int(total.skipped), loop.bad_videos.count)
 
 
 def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) -> None:
@@ -412,8 +504,11 @@ def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) ->
     t = loop.cfg.trainer
     if t.precise_bn.enabled:
         train_sampler.set_epoch(state.epoch, start=0)
-        used = update_bn_stats(loop.net, iter(train_loader), int(t.precise_bn.num_batches),
-                               lambda m, b: loop.forward(m, b["clip"]))
+        num = min(int(t.precise_bn.num_batches), len(train_loader))
+        progress = Progress(train_loader, total=num, desc="precise BN", mode=t.progress,
+                            log_period=int(t.log_period))
+        used = update_bn_stats(loop.net, progress.ticking(), num, lambda m, b: loop.forward(m, b["clip"]))
+        progress.close()
         log.info("precise BN: statistics recomputed over %d batch(es)", used)
     val_ds, _, val_loader = val
     agg = evaluate_dataset(loop.net, val_loader, val_ds, loop.forward, t, desc="val")

@@ -1,0 +1,144 @@
+"""One run per run directory, as a requeued or re-typed command meets it (train.py subprocesses on the
+tiny synthetic data): a fresh start never mixes with an earlier run's checkpoints, a second process
+never trains alongside the first, a truncated newest checkpoint never makes new ones vanish, a
+changed model config is not resumed silently, Ctrl-C checkpoints, and epoch metrics of a resumed
+epoch cover the whole epoch."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlvideo.engine import checkpoint as ck
+from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
+
+QUICK = ["trainer.eval_period=0", "trainer.checkpoint.every_iters=1"]
+
+
+def iterations(run_dir: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in ck.list_checkpoints(run_dir / "checkpoints")]
+
+
+def train(root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return run_app("train.py", *tiny_overrides(root), *QUICK, f"hydra.run.dir={run_dir}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_root, tmp_path_factory) -> Path:
+    """6 iterations, a checkpoint after each, the last 2 kept."""
+    run_dir = tmp_path_factory.mktemp("rundir") / "first"
+    r = train(synthetic_root, run_dir, "trainer.max_iters=6", "trainer.checkpoint.keep_last=2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert iterations(run_dir) == [5, 6]
+    return run_dir
+
+
+def test_fresh_start_in_a_run_dir_with_checkpoints_is_refused(finished_run, synthetic_root):
+    """It used to train, log 'saved _1/_2/_3', exit 0 and leave only the old run's _5 and _6."""
+    r = train(synthetic_root, finished_run, "trainer.resume=null", "trainer.max_iters=3",
+              "trainer.checkpoint.keep_last=2")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: trainer.resume=null, but {finished_run / 'checkpoints'} already holds 2 checkpoint(s) "
+        "(newest checkpoint_000000006.pt): pass trainer.resume=auto to continue that run, or choose a new "
+        "hydra.run.dir"]
+    assert iterations(finished_run) == [5, 6]
+
+
+def test_resume_with_another_model_config_is_refused_then_allowed_with_history(finished_run,
+                                                                              synthetic_root):
+    r = train(synthetic_root, finished_run, "model.dropout=0.3", "trainer.max_iters=10")
+    assert r.returncode == 2
+    assert "was trained with another model config (model.dropout: 0.5 -> 0.3)" in r.stderr
+    assert "trainer.allow_config_change=true" in r.stderr
+    assert iterations(finished_run) == [5, 6]
+
+    r = train(synthetic_root, finished_run, "model.dropout=0.3", "trainer.max_iters=10",
+              "trainer.allow_config_change=true", "trainer.checkpoint.keep_last=2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming with a changed model config" in r.stdout and "iteration 6)" in r.stdout
+    assert iterations(finished_run) == [7, 8]  # the third epoch's 2 steps
+    (old,) = (finished_run / "config_history").glob("config_resolved_*.yaml")
+    assert "dropout: 0.5" in old.read_text()
+    assert "dropout: 0.3" in (finished_run / "config_resolved.yaml").read_text()
+
+
+def test_truncated_newest_checkpoint_is_set_aside_and_new_ones_survive(synthetic_root, tmp_path):
+    """keep_last=1 and a truncated newest file: the rerun started from 0 silently and deleted each new
+    checkpoint as soon as it was written."""
+    run_dir = tmp_path / "run"
+    r = train(synthetic_root, run_dir, "trainer.max_iters=3", "trainer.checkpoint.keep_last=1")
+    assert r.returncode == 0 and iterations(run_dir) == [3]
+    newest = ck.checkpoint_path(run_dir / "checkpoints", 3)
+    newest.write_bytes(newest.read_bytes()[:1000])
+
+    r = train(synthetic_root, run_dir, "trainer.max_iters=2", "trainer.checkpoint.keep_last=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"checkpoint {newest} is unreadable" in r.stdout
+    assert "no valid checkpoint in" in r.stdout and "starting from scratch" in r.stdout
+    assert iterations(run_dir) == [2]
+    assert torch.load(ck.checkpoint_path(run_dir / "checkpoints", 2), weights_only=False)["iteration"] == 2
+    assert (run_dir / "checkpoints" / "unreadable" / newest.name).stat().st_size == 1000
+
+
+def test_second_process_on_a_held_run_dir_refuses_or_waits(synthetic_root, tmp_path):
+    """A requeued job starting while the old one still runs used to train alongside it."""
+    run_dir = tmp_path / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from nlvideo.engine.run_lock import RunDirLock; "
+         f"RunDirLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = train(synthetic_root, run_dir, "trainer.max_iters=1")
+        assert r.returncode == 2
+        assert "in use by host" in r.stderr and f"pid {holder.pid} since" in r.stderr
+        assert not (run_dir / "checkpoints").exists()
+
+        waiter = subprocess.Popen(
+            [sys.executable, "train.py", *tiny_overrides(synthetic_root), *QUICK, "trainer.max_iters=1",
+             "trainer.wait_for_run_dir=true", f"hydra.run.dir={run_dir}"],
+            cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        first = waiter.stdout.readline()
+        assert first.startswith(f"waiting for run dir {run_dir} (held by host"), first
+    finally:
+        holder.kill()
+        holder.wait()
+    rest = waiter.communicate(timeout=240)[0]
+    assert waiter.returncode == 0, rest[-3000:]
+    assert iterations(run_dir) == [1]
+
+
+def _train_until(synthetic_root: Path, run_dir: Path, *steps: tuple[str, int]) -> tuple[int, str]:
+    """Train one epoch; send each ``(after_this_line, signal)`` in turn. (returncode, output)"""
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *tiny_overrides(synthetic_root), "trainer.eval_period=0",
+         "trainer.epochs=1", "trainer.checkpoint.every_iters=0", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, todo = [], list(steps)
+    for text in proc.stdout:
+        out.append(text)
+        if todo and todo[0][0] in text:
+            proc.send_signal(todo.pop(0)[1])
+    return proc.wait(timeout=120), "".join(out)
+
+
+def test_ctrl_c_checkpoints_and_exits_with_one_line(synthetic_root, tmp_path):
+    """It gave a ~30-line KeyboardInterrupt traceback and no checkpoint."""
+    code, out = _train_until(synthetic_root, tmp_path / "ctrl_c", ("epoch 1/1 [1/4]", signal.SIGINT))
+    assert code == 130, out[-3000:]
+    assert "received SIGINT: will checkpoint and stop at the next iteration boundary" in out
+    assert "stopped by signal SIGINT" in out and "Traceback" not in out
+    assert iterations(tmp_path / "ctrl_c")[0] >= 1
+
+
+def test_second_ctrl_c_stops_at_once_without_traceback(synthetic_root, tmp_path):
+    code, out = _train_until(synthetic_root, tmp_path / "ctrl_c2", ("epoch 1/1 [1/4]", signal.SIGINT),
+                             ("received SIGINT", signal.SIGINT))
+    assert code == 130, out[-3000:]
+    assert "Traceback" not in out and out.rstrip().endswith("interrupted"), out[-2000:]
