@@ -478,3 +478,32 @@ def charades_class_names(num_classes: int, class_file: str | Path | None = None)
             raise ValueError(f"{class_file}:{lineno}: expected 'cNNN description' with NNN < {num_classes}")
         names[int(m.group(1))] = f"{code} {desc.strip()}".strip()
     return names
+
+
+def _indices_only(names: Sequence[str]) -> bool:
+    """Names ``"0" .. "K-1"``: integer labels without a class file, which name nothing."""
+    return list(names) == [str(i) for i in range(len(names))]
+
+
+def output_order(model_classes: Sequence[str] | None, data_classes: Sequence[str]) -> list[int] | None:
+    """For each class of the data, the model output that scores it; None when output *i* is class *i*.
+
+    A model is only right about data whose classes it was trained on: the same class names in another
+    order (names in one list, integers and ``classes.txt`` in the other) are mapped by name, other names
+    are a ``ValueError`` saying which differ. When either side has indices only, names cannot be compared
+    and only the counts must agree. ``model_classes`` None (a checkpoint that did not store them) cannot
+    be checked."""
+    if model_classes is None or list(model_classes) == list(data_classes):
+        return None
+    if _indices_only(model_classes) or _indices_only(data_classes):
+        if len(model_classes) != len(data_classes):
+            raise ValueError(f"the model has {len(model_classes)} classes, the data {len(data_classes)}")
+        return None
+    model_set, data_set = set(model_classes), set(data_classes)
+    if model_set != data_set:
+        only_model = [n for n in model_classes if n not in data_set]
+        only_data = [n for n in data_classes if n not in model_set]
+        raise ValueError(f"the model's {len(model_classes)} classes and the data's {len(data_classes)} "
+                         f"differ: only the model has {only_model[:5]}, only the data has {only_data[:5]}")
+    position = {name: i for i, name in enumerate(model_classes)}
+    return [position[name] for name in data_classes]

@@ -14,6 +14,7 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.data.annotations import output_order
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
@@ -27,6 +28,7 @@ from nlvideo.engine.evaluate import (
 )
 from nlvideo.engine.logging import setup_rank_logging
 from nlvideo.engine.runtime import (
+    Forward,
     build_model,
     build_split,
     make_forward,
@@ -49,28 +51,68 @@ def evaluate(cfg: DictConfig) -> int:
     """Test ``cfg.checkpoint`` on the test split; returns the process exit status."""
     if cfg.checkpoint is None:
         raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt")
-    info = du.init_distributed()
+    info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
     setup_rank_logging(info.rank)
     path = Path(str(cfg.checkpoint))
-    if not path.is_file():
-        raise ConfigError(f"checkpoint={path} does not exist")
-    state = ckpt_io.load_checkpoint(path)
+    state = load_checkpoint_for_testing(path)
     cfg = evaluation_config(state)
     validate_config(cfg, needs_train=False)
     run_dir = run_dir_of_this_job()
     device = setup_runtime(cfg, info.rank)
 
     ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size))
+    forward = scored_by_class_name(make_forward(cfg, device), state.get("class_names"), ds.class_names, path)
     net = build_model(cfg, device)
     net.load_state_dict(state["model"])
     log.info("testing %s (%s, iteration %d) on %d videos x %d views", path, cfg.model.name,
              state.get("iteration", -1), ds.num_videos, ds.num_views)
-    agg = evaluate_dataset(net, loader, ds, make_forward(cfg, device), cfg.trainer, desc="test")
+    agg = evaluate_dataset(net, loader, ds, forward, cfg.trainer, desc="test")
     bad_videos = BadVideoReport()
     bad_videos.update(bad_videos.new(agg.failures.items()), "its views are not scored")
+    if agg.counts.count_nonzero() == 0:  # every rank has the reduced counts: all of them stop
+        raise ConfigError(f"no test video could be read: all {ds.num_videos} listed videos are unreadable "
+                          "(each is named in the log); nothing was scored")
     if info.is_main:
         write_outputs(run_dir, cfg, ds, agg, path, state)
     return 0
+
+
+def load_checkpoint_for_testing(path: Path) -> dict:
+    """The checkpoint at ``path``, or one :class:`ConfigError` line saying why it cannot be tested
+    (absent, not a torch file, cut short, no model weights) instead of a pickle traceback."""
+    if not path.is_file():
+        raise ConfigError(f"checkpoint={path} does not exist")
+    try:
+        state = ckpt_io.load_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not usable
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ConfigError(f"checkpoint={path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ConfigError(f"checkpoint={path} holds no model weights (no 'model' key): "
+                          "pass a checkpoint_XXXXXXXXX.pt written by train.py")
+    return state
+
+
+def scored_by_class_name(forward: Forward, model_classes: list[str] | None, data_classes: list[str],
+                         path: Path) -> Forward:
+    """``forward`` whose output columns follow the test data's classes: mapped by name when the data
+    orders the checkpoint's classes differently, refused in one line when the classes differ (a model
+    scores only what it was trained on)."""
+    try:
+        order = output_order(model_classes, data_classes)
+    except ValueError as exc:
+        raise ConfigError(f"checkpoint={path} does not fit the test data: {exc}") from None
+    if order is None:
+        return forward
+    log.info("the test data lists the checkpoint's %d classes in another order: outputs mapped to the test "
+             "data's classes by name", len(order))
+    index = torch.tensor(order)
+
+    def reordered(model: torch.nn.Module, clip: torch.Tensor) -> torch.Tensor:
+        logits = forward(model, clip)
+        return logits.index_select(1, index.to(logits.device))
+
+    return reordered
 
 
 def write_outputs(run_dir: Path, cfg: DictConfig, ds, agg: VideoScoreAggregator, path: Path,
