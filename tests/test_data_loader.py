@@ -105,3 +105,24 @@ def test_persistent_workers_follow_set_epoch(synthetic_cfg):
         sampler.set_epoch(epoch)
         expected.append([i for i, _ in sampler])
     assert seen == expected and seen[0] != seen[1]
+
+
+def test_default_worker_count_is_capped_at_the_cpus_available(monkeypatch, caplog, tmp_path):
+    """data=kinetics400 asked for 8 loader workers on any machine (every loader warned on 2 cores); the
+    default is now 8 or the CPUs this process may use, whichever is smaller, and the log says so. An
+    explicit data.num_workers is used as given."""
+    import os
+
+    from nlvideo.data import config as data_config
+    from tests.test_train_config import composed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(data_config, "_logged_caps", set())
+    with caplog.at_level("INFO", logger="nlvideo.data"):
+        cfg = composed("data=kinetics400", f"data.root={tmp_path}")
+        assert cfg.data.num_workers == 2 and cfg.data.num_workers == 2
+    assert caplog.text.count("data.num_workers: 2 loader workers") == 1
+    assert "only 2 CPU(s) are available to this process" in caplog.text
+    assert composed("data=kinetics400", f"data.root={tmp_path}", "data.num_workers=8").data.num_workers == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert composed("data=kinetics400", f"data.root={tmp_path}").data.num_workers == 8

@@ -14,11 +14,17 @@ Values are checked where they are read (:func:`number`, :func:`flag`, :func:`cha
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+log = logging.getLogger(__name__)
+_logged_caps: set[int] = set()
 
 
 def require(cfg: Mapping, key: str, where: str = "data") -> Any:
@@ -94,3 +100,30 @@ def channels(cfg: Mapping, key: str, positive: bool = False) -> tuple[float, ...
         raise ValueError(f"data.{key}={shown(value)} must be a finite number{' > 0' if positive else ''} "
                          "or a list of 3 (one per RGB channel)")
     return tuple(float(v) for v in values)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a SLURM allocation, ``taskset``), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def workers_up_to(default: int) -> int:
+    """``num_workers: ${workers_up_to:8}`` in the data yamls: the default number of loader workers, or
+    one per available CPU when there are fewer. Eight decoding processes on a 2-core laptop only contend
+    (and torch warns on every loader); an explicit ``data.num_workers=N`` replaces the whole expression
+    and is used as given. A cap is logged once per process."""
+    cpus = available_cpus()
+    if cpus >= default:
+        return default
+    if default not in _logged_caps:
+        _logged_caps.add(default)
+        log.info("data.num_workers: %d loader workers, not the default %d: only %d CPU(s) are available to "
+                 "this process (pass data.num_workers=N to choose)", cpus, default, cpus)
+    return cpus
+
+
+OmegaConf.register_new_resolver("workers_up_to", workers_up_to, replace=True)
