@@ -223,3 +223,20 @@ def test_pyav_baseline_decodes_the_same_frames(tmp_path, make_video):
         assert a.shape == b.shape == (len(idx), 48, 64, 3)
         assert abs(a.astype(int) - b.astype(int)).max() <= 1
         assert [round(f[24:, 32:].mean() / 3) for f in a] == idx
+
+
+def test_class_usage_warning_names_the_classes_a_far_smaller_label_set_uses(coded_root):
+    """Integer labels 0/1 with the default data.num_classes=400 trained a 400-way classifier silently."""
+    from nlvideo.data.dataset import class_usage_warning
+
+    ds = build_dataset(kinetics_cfg(coded_root, num_classes=400), "train")
+    assert class_usage_warning(ds) == (
+        "train: the 2 videos use 2 of the 400 classes (0, 1): the classifier has 398 outputs that are never "
+        "a target; set data.num_classes=2 if the data has 2 classes")
+    assert class_usage_warning(build_dataset(kinetics_cfg(coded_root), "train")) is None  # 2 of 2
+    (coded_root / "classes.txt").write_text("".join(f"c{i}\n" for i in range(10)))
+    (coded_root / "train.csv").write_text("v/a.mp4 3\nv/b.mp4 7\n")
+    ds = build_dataset(kinetics_cfg(coded_root, num_classes=10), "train")
+    assert class_usage_warning(ds) == (
+        "train: the 2 videos use 2 of the 10 classes (c3, c7): the classifier has 8 outputs that are never "
+        "a target; check data.num_classes and the labels")

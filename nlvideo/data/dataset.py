@@ -204,6 +204,23 @@ class VideoDataset(Dataset):
         }
 
 
+def class_usage_warning(ds: VideoDataset) -> str | None:
+    """A warning when the videos of ``ds`` use at most half of its classes, naming the ones they use.
+
+    With integer labels the class count is ``data.num_classes`` (400 for ``data=kinetics400``), so a
+    2-class list trains a 400-way classifier whose validation reads ``top1 0.00``, and nothing says
+    why. Meant for the training split at start-up (a small test split may rightly use few classes)."""
+    used = sorted({label for rec in ds.records for label in rec.video_labels})
+    if len(used) > ds.num_classes / 2:
+        return None
+    names = ", ".join(ds.class_names[i] for i in used[:10]) + (", ..." if len(used) > 10 else "")
+    hint = (f"set data.num_classes={len(used)} if the data has {len(used)} classes"
+            if used == list(range(len(used))) else "check data.num_classes and the labels")
+    return (f"{ds.split}: the {ds.num_videos} videos use {len(used)} of the {ds.num_classes} classes "
+            f"({names}): the classifier has {ds.num_classes - len(used)} outputs that are never a target; "
+            f"{hint}")
+
+
 # ----------------------------------------------------------------------------------- build_dataset
 
 
