@@ -226,14 +226,14 @@ def read_labelled_list(list_file: str | Path) -> LabelledList:
     """Read a list, skip a header row, and decide its label kind (see the module docstring)."""
     list_file = Path(list_file)
     rows = _read_list_lines(list_file)
-    first_line = 1
+    where_videos_start = f"{list_file}:1"
     if rows and _label_kind(rows[0][1]) == "class name" and not _is_video_path(rows[0][0]) and all(
             _is_video_path(path) for path, _, _ in rows[1:]):
-        log.info("%s: header row %r skipped", rows[0][2], f"{rows[0][0]} {rows[0][1]}")
-        first_line = int(rows[0][2].rpartition(":")[2]) + 1
-        rows = rows[1:]
+        path, label, source = rows.pop(0)
+        log.info("%s: header row %r skipped", source, f"{path} {label}")
+        where_videos_start = f"{list_file}:{int(source.rpartition(':')[2]) + 1}"
     if not rows:
-        raise ValueError(f"{list_file}:{first_line}: no videos listed; expected '<path> <label>' lines")
+        raise ValueError(f"{where_videos_start}: no videos listed; expected '<path> <label>' lines")
     kinds = [_label_kind(label) for _, label, _ in rows]
     counts = Counter(kinds)
     main = max(counts, key=lambda k: (counts[k], -kinds.index(k)))  # the majority; a tie: the first line's
@@ -292,12 +292,13 @@ def read_kinetics_list(
         _require_file(class_path, "class file")
     else:
         class_path = find_class_file(list_file.parent, root)
-    same = train_list_file is None or Path(train_list_file) == list_file
-    train = listed if same else read_labelled_list(train_list_file)
-    if class_path is None and listed.kind != train.kind:
-        raise ValueError(f"{listed.rows[0][2]}: this list's labels are {listed.label_kind} but the training "
-                         f"list {train.file} uses {train.label_kind}; without a class file (data.class_file) "
-                         "they cannot be matched")
+    train = listed  # defines the mapping only when there is no class file
+    if class_path is None and train_list_file is not None and Path(train_list_file) != list_file:
+        train = read_labelled_list(train_list_file)
+        if listed.kind != train.kind:
+            raise ValueError(f"{listed.rows[0][2]}: this list's labels are {listed.label_kind} but the "
+                             f"training list {train.file} uses {train.label_kind}; without a class file "
+                             "(data.class_file) they cannot be matched")
     class_names = kinetics_class_names(train, class_path, num_classes)
     index = {name: i for i, name in enumerate(class_names)}
     records = []
