@@ -17,6 +17,9 @@ map onto every variant the same way (see :mod:`nlvideo.models.inflate`). The NL 
 block ``i`` of a stage is its child ``nl{i}`` (:func:`nonlocal_name`); :func:`is_nonlocal_name` is the
 one test of that convention for module, parameter and state-dict names (weight init, inflation).
 
+pool1's spatial padding is 1 (PySlowFast, PyTorchVideo, torchvision: 112 -> 56 for a 224 input) or
+0 with ``stem_pool_padding=0`` (video-nonlocal-net's Caffe2 pool1: 112 -> 55; res3 is 28x28 either way).
+
 Temporal pooling per input variant (``input_variant``):
 
 - ``8x8``  (8 frames, stride 8): conv1 temporal stride 1, pool1 1x3x3 stride (1,2,2), pool2 ->
@@ -60,7 +63,9 @@ _STEM_TEMPORAL = {  # input_variant -> (conv1 temporal stride, pool1 temporal ke
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 -> 1x1 bottleneck; spatial stride on the 3x3 (torchvision's ResNet v1.5).
+    """1x1 -> 3x3 -> 1x1 bottleneck; spatial stride on the 3x3 (torchvision's ResNet v1.5, and
+    video-nonlocal-net, PySlowFast and PyTorchVideo), or on the first 1x1 with ``stride_1x1`` (the
+    original ResNet, PySlowFast's ``RESNET.STRIDE_1X1``).
 
     ``inflate`` gives the first 1x1 a 3x1x1 kernel (I3D_3x1x1) or the 3x3 a 3x3x3 kernel
     (I3D_3x3x3), according to ``inflate_kernel``.
@@ -68,15 +73,26 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int, inflate: bool, inflate_kernel: str) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        stride: int,
+        inflate: bool,
+        inflate_kernel: str,
+        stride_1x1: bool = False,
+    ) -> None:
         super().__init__()
         t_a = 3 if inflate and inflate_kernel == "3x1x1" else 1
         t_b = 3 if inflate and inflate_kernel == "3x3x3" else 1
+        s_a, s_b = (stride, 1) if stride_1x1 else (1, stride)
         out_ch = width * self.expansion
-        self.conv1 = nn.Conv3d(in_ch, width, (t_a, 1, 1), padding=(t_a // 2, 0, 0), bias=False)
+        self.conv1 = nn.Conv3d(
+            in_ch, width, (t_a, 1, 1), stride=(1, s_a, s_a), padding=(t_a // 2, 0, 0), bias=False
+        )
         self.bn1 = nn.BatchNorm3d(width)
         self.conv2 = nn.Conv3d(
-            width, width, (t_b, 3, 3), stride=(1, stride, stride), padding=(t_b // 2, 1, 1), bias=False
+            width, width, (t_b, 3, 3), stride=(1, s_b, s_b), padding=(t_b // 2, 1, 1), bias=False
         )
         self.bn2 = nn.BatchNorm3d(width)
         self.conv3 = nn.Conv3d(width, out_ch, 1, bias=False)
@@ -110,6 +126,7 @@ class ResStage(nn.Module):
         inflate_kernel: str,
         nonlocal_after: Sequence[int],
         nonlocal_spec: NonLocalSpec,
+        stride_1x1: bool = False,
     ) -> None:
         super().__init__()
         self.depth = depth
@@ -121,6 +138,7 @@ class ResStage(nn.Module):
                 stride if i == 0 else 1,
                 bool(inflate[i]),
                 inflate_kernel,
+                stride_1x1,
             )
             self.add_module(str(i), block)
         for i in self.nonlocal_after:
@@ -164,7 +182,9 @@ class VideoResNet(nn.Module):
         )
         self.stem.add_module("bn", nn.BatchNorm3d(w))
         self.stem.add_module("relu", nn.ReLU(inplace=True))
-        self.stem.add_module("pool", nn.MaxPool3d((t_pool, 3, 3), stride=(t_pool, 2, 2), padding=(0, 1, 1)))
+        pad = spec.stem_pool_padding
+        pool1 = nn.MaxPool3d((t_pool, 3, 3), stride=(t_pool, 2, 2), padding=(0, pad, pad))
+        self.stem.add_module("pool", pool1)
 
         in_ch = w
         for s, name in enumerate(STAGE_NAMES):
@@ -178,6 +198,7 @@ class VideoResNet(nn.Module):
                 inflate_kernel=spec.inflate_kernel,
                 nonlocal_after=spec.nonlocal_.positions.get(name, ()),
                 nonlocal_spec=spec.nonlocal_,
+                stride_1x1=spec.stride_1x1,
             )
             self.add_module(name, stage)
             if name == "res2":

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nlvideo.models.nonlocal_block import IMPLS, INSTANTIATIONS
+from nlvideo.models.nonlocal_block import IMPLS, INSTANTIATIONS, POOLS
 
 STAGE_NAMES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
 STAGE_DEPTHS: dict[int, tuple[int, ...]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -47,6 +47,7 @@ class NonLocalSpec:
     scale: bool = False
     impl: str = "auto"
     inter_ratio: float = 0.5
+    pool: str = "after_embed"
 
     def block_kwargs(self, channels: int) -> dict[str, Any]:
         """Keyword arguments of the :class:`NonLocalBlock` placed on a ``channels``-wide stage."""
@@ -59,6 +60,7 @@ class NonLocalSpec:
             "instantiation": self.instantiation,
             "scale": self.scale,
             "impl": self.impl,
+            "pool": self.pool,
         }
 
     @property
@@ -79,6 +81,8 @@ class ModelSpec:
     inflate_kernel: str = "3x1x1"
     dropout: float = 0.5
     zero_init_residual: bool = True
+    stride_1x1: bool = False  # spatial stride on the bottleneck's first 1x1 conv instead of its 3x3
+    stem_pool_padding: int = 1  # pool1's spatial padding; 0 in video-nonlocal-net's Caffe2 models
     pretrained: str | None = None
     nonlocal_: NonLocalSpec = field(default_factory=NonLocalSpec)
 
@@ -181,6 +185,7 @@ def make_spec(**cfg: Any) -> ModelSpec:
             "nonlocal.instantiation", nl_raw.pop("instantiation", "embedded_gaussian"), INSTANTIATIONS
         ),
         impl=_choice("nonlocal.impl", nl_raw.pop("impl", "auto"), IMPLS),
+        pool=_choice("nonlocal.pool", nl_raw.pop("pool", "after_embed"), POOLS),
         **{k: v for k, v in nl_raw.items()},
     )
     if nl.scale and nl.instantiation != "embedded_gaussian":
@@ -197,6 +202,8 @@ def make_spec(**cfg: Any) -> ModelSpec:
         inflate_kernel=_choice("inflate_kernel", cfg.get("inflate_kernel", "3x1x1"), INFLATE_KERNELS),
         dropout=dropout,
         zero_init_residual=bool(cfg.get("zero_init_residual", True)),
+        stride_1x1=bool(cfg.get("stride_1x1", False)),
+        stem_pool_padding=_choice("stem_pool_padding", int(cfg.get("stem_pool_padding", 1)), (0, 1)),
         pretrained=cfg.get("pretrained"),
         nonlocal_=nl,
     )
