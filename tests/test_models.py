@@ -160,6 +160,9 @@ def test_attention_maps_are_returned_per_block():
         ({"nonlocal": {"positions": ["res4"]}}, r"entry 'res4': expected '<stage>.<block index>'"),
         ({"nonlocal": {"positions": ["res4.6"]}}, r"model.nonlocal.positions.res4=\[6\]"),
         ({"inflate": [[1], [1], [1], [1]]}, r"model.inflate has \[1, 1, 1, 1\] entries"),
+        ({"nonlocal": {"pool": "first"}}, r"model.nonlocal.pool='first' is not allowed; choose one of: "
+                                          r"after_embed, before_embed"),
+        ({"stem_pool_padding": 2}, r"model.stem_pool_padding=2 is not allowed; choose one of: 0, 1"),
     ],
 )
 def test_bad_model_config_is_a_one_line_error_naming_the_key(override, message):
@@ -230,12 +233,13 @@ def test_inflated_i3d_reproduces_2d_features_away_from_temporal_borders():
 def test_inflating_mismatched_weights_names_the_key():
     net2d = _random_2d_resnet50()
     small = build_video_resnet(name="s", arch="c2d", num_classes=400, width=32)
-    with pytest.raises(ValueError, match=r"inflate: conv1.weight has shape \(64, 3, 7, 7\)"):
+    with pytest.raises(ConfigError, match=r"conv1.weight has shape \(64, 3, 7, 7\), model stem.conv.weight "
+                                          r"needs \(32, 3, 1, 7, 7\); channel counts differ"):
         inflate_state_dict(small, net2d.state_dict())
 
 
 def test_missing_pretrained_file_is_named():
-    with pytest.raises(FileNotFoundError, match="model.pretrained='/no/such.pth'"):
+    with pytest.raises(ConfigError, match="model.pretrained='/no/such.pth': no such file"):
         build_video_resnet(name="s", arch="c2d", num_classes=4, width=4, pretrained="/no/such.pth")
 
 

@@ -7,21 +7,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from nlvideo.models.inflate import inflate_state_dict, load_pretrained_2d
+from nlvideo.models.pretrained import adapt_spec, load_checkpoint_into, read_checkpoint
 from nlvideo.models.resnet import VideoResNet
 from nlvideo.models.spec import make_spec
 
 
 def build_video_resnet(**cfg: Any) -> VideoResNet:
-    """Build a C2D/I3D ResNet from a model config's keys (validated by :func:`make_spec`).
+    """Build a C2D/I3D ResNet from a model config's keys (validated by :func:`make_spec`), with the
+    weights of ``pretrained`` when set (:mod:`nlvideo.models.pretrained`).
 
     A plain ``**cfg`` rather than named parameters because the config key ``nonlocal`` is a Python
-    keyword; :func:`make_spec` rejects unknown keys by name instead.
+    keyword; :func:`make_spec` rejects unknown keys by name instead. The checkpoint is read before the
+    model is built because its format decides options (NL pooling, pool1 padding) of the model.
     """
     spec = make_spec(**cfg)
-    model = VideoResNet(spec)
-    if spec.pretrained:
-        inflate_state_dict(model, load_pretrained_2d(spec.pretrained))
+    if not spec.pretrained:
+        return VideoResNet(spec)
+    ckpt = read_checkpoint(spec.pretrained, spec.depth)
+    model = VideoResNet(adapt_spec(spec, ckpt))
+    load_checkpoint_into(model, ckpt)
     return model
 
 

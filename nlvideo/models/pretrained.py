@@ -1,0 +1,530 @@
+"""Published checkpoints into nlvideo's C2D/I3D: ``model.pretrained=PATH``, the format read from the file.
+
+Formats (:data:`FORMATS`), each recognised by the key of its stem conv:
+
+- PyTorchVideo hub (``C2D_8x8_R50.pyth``, ``I3D_8x8_R50.pyth``): ``{"model_state": ...}``,
+  ``blocks.0.conv.weight``;
+- PySlowFast (``.pyth``): ``{"model_state", "cfg", ...}``, ``s1.pathway0_stem.conv.weight``;
+- video-nonlocal-net (Caffe2 ``.pkl``): ``{"blobs": {name: numpy array}}``, ``conv1_w``;
+- torchvision ResNet-50/101 state dicts (2-D; kernels inflated), ``conv1.weight``, or ``torchvision``;
+- nlvideo training checkpoints: ``{"model", "config", ...}``, ``stem.conv.weight``.
+
+Each format is a :class:`KeyMap` (one table of key templates, read both ways) plus what its weights
+were trained with (:class:`Trained`): the input normalisation and the model options a converted
+model needs to be the same function. Those options are applied to the model spec before the model
+is built (:func:`adapt_spec`, each change logged); non-local options only when the checkpoint holds NL
+blocks (fresh NL blocks keep the configured ones). Facts, from the reference code:
+
+- Every format's backbone is nlvideo's C2D/I3D (stride on the 3x3, 1x1 shortcut with the block's
+  stride, pool2 2x1x1 after res2, I3D's inflated first 1x1s): PyTorchVideo ``hub/resnet.py``
+  (``c2d_r50``, ``i3d_r50``: ``stage1_pool`` is ``blocks.2``, so res2..res5 are blocks 1, 3, 4, 5 and
+  the head ``blocks.6.proj``), PySlowFast ``models/video_model_builder.py`` (``ResNet``; stage ``s<n>`` is
+  res<n>), video-nonlocal-net ``lib/models/resnet_video.py`` (8x8) and ``resnet_video_org.py`` (32x2).
+- PySlowFast ``models/nonlocal_helper.py`` and video-nonlocal-net ``lib/models/nonlocal_helper.py``
+  max-pool the block's *input* (1x2x2) before phi and g (``pool=before_embed``) and scale theta^T phi
+  by C'^-1/2 (PySlowFast's ``softmax`` instantiation always; video-nonlocal-net with
+  ``NONLOCAL.USE_SCALE``, True in its configs); PySlowFast's ``dot_product`` divides by M, unscaled.
+- video-nonlocal-net's pool1 has no padding (``pads=[0, 0, 0] * 2``: 112 -> 55 for 224 input), hence
+  ``stem_pool_padding=0``; PySlowFast ``stem_helper.py`` and PyTorchVideo pad by 1.
+- Caffe2 names and layouts (PySlowFast ``utils/c2_model_loading.py``, ``utils/checkpoint.py``): NCTHW
+  arrays as PyTorch's; BN as ``_bn_s`` (scale), ``_bn_b``, ``_bn_rm`` (running mean), ``_bn_riv`` (the
+  running *variance*, loaded as is); ``pred_w`` (classes, C) is the fc. Frozen-BN ("affine") models
+  store only ``_bn_s``/``_bn_b``: loaded as BN with running mean 0 and variance 1 - eps (the same affine
+  map in eval mode). Their BN epsilon is 1.0000001e-5 (nlvideo: 1e-5, a 1e-12 difference).
+- Normalisation (0-255 RGB here): video-nonlocal-net ``MODEL.MEAN``/``STD`` 114.75/57.375 with
+  ``USE_BGR`` False (``lib/core/config.py``); PySlowFast ``DATA.MEAN``/``STD`` (0.45/0.225 of 0-1 by
+  default) from the checkpoint's ``cfg``; PyTorchVideo's hub models were trained by PySlowFast with
+  those defaults; torchvision ImageNet 123.675/116.28/103.53, 58.395/57.12/57.375.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pickle
+import re
+import string
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from nlvideo.models.inflate import inflate_weight, torchvision_resnet_state_dict
+from nlvideo.models.resnet import is_nonlocal_name
+from nlvideo.models.spec import STAGE_DEPTHS, STAGE_NAMES, ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel RGB mean and std on 0-255 pixels, as ``data.mean``/``data.std`` take them."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def config_values(self) -> tuple[float | list[float], float | list[float]]:
+        """(mean, std) as config values: one number when all channels share it, else a 3-list."""
+        return tuple(v[0] if len(set(v)) == 1 else list(v) for v in (self.mean, self.std))
+
+
+KINETICS = Normalization((114.75,) * 3, (57.375,) * 3)  # 0.45/0.225 of 0-1 pixels
+IMAGENET = Normalization((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+
+
+class KeyMap:
+    """Renames between nlvideo's state-dict keys and a format's, both ways, from one table.
+
+    ``rules`` pairs an nlvideo template with the format's (``"res{s}.{i}.conv{k}.{p}"`` with
+    ``"s{s}.pathway0_res{i}.branch2.{k}.{p}"``); ``fields`` gives each placeholder either a regex
+    (the value is copied) or a dict from nlvideo's values to the format's (``{"1": "a", ...}``).
+    """
+
+    def __init__(
+        self, rules: Sequence[tuple[str, str]], fields: Mapping[str, str | Mapping[str, str]]
+    ) -> None:
+        self._fields = fields
+        self._rules = [(self._compile(ours, False), ours, self._compile(theirs, True), theirs)
+                       for ours, theirs in rules]
+
+    def _compile(self, template: str, theirs: bool) -> re.Pattern:
+        parts = []
+        for literal, name, _, _ in string.Formatter().parse(template):
+            parts.append(re.escape(literal))
+            if name is not None:
+                spec = self._fields[name]
+                values = spec if isinstance(spec, str) else "|".join(
+                    map(re.escape, spec.values() if theirs else spec.keys()))
+                parts.append(f"(?P<{name}>{values})")
+        return re.compile("".join(parts))
+
+    def _value(self, name: str, value: str, to_theirs: bool) -> str:
+        spec = self._fields[name]
+        if isinstance(spec, str):
+            return value
+        return spec[value] if to_theirs else {v: k for k, v in spec.items()}[value]
+
+    def to_ours(self, key: str) -> str | None:
+        """The nlvideo key of the format's ``key``; None when no rule matches."""
+        for _, ours, theirs_re, _ in self._rules:
+            if m := theirs_re.fullmatch(key):
+                return ours.format(**{n: self._value(n, v, False) for n, v in m.groupdict().items()})
+        return None
+
+    def to_theirs(self, key: str) -> str | None:
+        """The format's key of nlvideo's ``key`` (the inverse of :meth:`to_ours`)."""
+        for ours_re, _, _, theirs in self._rules:
+            if m := ours_re.fullmatch(key):
+                return theirs.format(**{n: self._value(n, v, True) for n, v in m.groupdict().items()})
+        return None
+
+
+_DIGITS, _STAGE = r"\d+", r"[2-5]"
+_PARAM = r"weight|bias|running_mean|running_var|num_batches_tracked"
+_ABC = {"1": "a", "2": "b", "3": "c"}  # bottleneck conv1/2/3 = branch2a/b/c
+_NL_PARTS = {"theta": "theta", "phi.0": "phi", "g.0": "g", "W.0": "out"}  # nlvideo NL conv -> theirs
+
+PYSLOWFAST_KEYS = KeyMap(
+    [
+        ("stem.conv.{p}", "s1.pathway0_stem.conv.{p}"),
+        ("stem.bn.{p}", "s1.pathway0_stem.bn.{p}"),
+        ("res{s}.{i}.conv{k}.{p}", "s{s}.pathway0_res{i}.branch2.{k}.{p}"),
+        ("res{s}.{i}.bn{k}.{p}", "s{s}.pathway0_res{i}.branch2.{k}_bn.{p}"),
+        ("res{s}.{i}.downsample.0.{p}", "s{s}.pathway0_res{i}.branch1.{p}"),
+        ("res{s}.{i}.downsample.1.{p}", "s{s}.pathway0_res{i}.branch1_bn.{p}"),
+        ("res{s}.nl{i}.{nl}.{p}", "s{s}.pathway0_nonlocal{i}.conv_{nl}.{p}"),
+        ("res{s}.nl{i}.W.1.{p}", "s{s}.pathway0_nonlocal{i}.bn.{p}"),
+        ("head.fc.{p}", "head.projection.{p}"),
+    ],
+    {"s": _STAGE, "i": _DIGITS, "k": _ABC, "p": _PARAM, "nl": _NL_PARTS},
+)
+CAFFE2_KEYS = KeyMap(
+    [
+        ("stem.conv.weight", "conv1_w"),
+        ("stem.bn.{bn}", "res_conv1_bn_{bn}"),
+        ("res{s}.{i}.conv{k}.weight", "res{s}_{i}_branch2{k}_w"),
+        ("res{s}.{i}.bn{k}.{bn}", "res{s}_{i}_branch2{k}_bn_{bn}"),
+        ("res{s}.{i}.downsample.0.weight", "res{s}_{i}_branch1_w"),
+        ("res{s}.{i}.downsample.1.{bn}", "res{s}_{i}_branch1_bn_{bn}"),
+        ("res{s}.nl{i}.{nl}.{conv}", "nonlocal_conv{s}_{i}_{nl}_{conv}"),
+        ("res{s}.nl{i}.W.1.{bn}", "nonlocal_conv{s}_{i}_bn_{bn}"),
+        ("head.fc.{conv}", "pred_{conv}"),
+    ],
+    {"s": _STAGE, "i": _DIGITS, "k": _ABC, "nl": _NL_PARTS,
+     "conv": {"weight": "w", "bias": "b"},
+     "bn": {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}},
+)
+PYTORCHVIDEO_KEYS = KeyMap(
+    [
+        ("stem.conv.{p}", "blocks.0.conv.{p}"),
+        ("stem.bn.{p}", "blocks.0.norm.{p}"),
+        ("res{s}.{i}.conv{k}.{p}", "blocks.{s}.res_blocks.{i}.branch2.conv_{k}.{p}"),
+        ("res{s}.{i}.bn{k}.{p}", "blocks.{s}.res_blocks.{i}.branch2.norm_{k}.{p}"),
+        ("res{s}.{i}.downsample.0.{p}", "blocks.{s}.res_blocks.{i}.branch1_conv.{p}"),
+        ("res{s}.{i}.downsample.1.{p}", "blocks.{s}.res_blocks.{i}.branch1_norm.{p}"),
+        ("head.fc.{p}", "blocks.6.proj.{p}"),
+    ],
+    # blocks.2 is the res2 -> res3 temporal max-pool (stage1_pool) of c2d_r50 / i3d_r50
+    {"s": {"2": "1", "3": "3", "4": "4", "5": "5"}, "i": _DIGITS, "k": _ABC, "p": _PARAM},
+)
+TORCHVISION_KEYS = KeyMap(
+    [
+        ("stem.conv.{p}", "conv1.{p}"),
+        ("stem.bn.{p}", "bn1.{p}"),
+        ("res{s}.{i}.{m}.{p}", "layer{s}.{i}.{m}.{p}"),
+        ("head.fc.{p}", "fc.{p}"),
+    ],
+    {"s": {"2": "1", "3": "2", "4": "3", "5": "4"}, "i": _DIGITS, "m": r"conv[1-3]|bn[1-3]|downsample\.[01]",
+     "p": _PARAM},
+)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a checkpoint's weights were trained with: the input normalisation, and the
+    :class:`~nlvideo.models.spec.ModelSpec` fields (``nonlocal_options``: of its NonLocalSpec) that a
+    converted model must have to compute the same function."""
+
+    normalization: Normalization
+    options: Mapping[str, Any] = field(default_factory=dict)
+    nonlocal_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A checkpoint format: its name, the stem conv key that identifies it, its keys, how to read what
+    it was trained with from the file's top-level object, and key names that hold no weights."""
+
+    name: str
+    marker: str
+    keys: KeyMap | None  # None: nlvideo's own keys
+    trained: Callable[[Mapping[str, Any]], Trained]
+    ignore: str = r"$^"  # regex of the format's keys to drop (optimizer state stored among the weights)
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # completes the weights before renaming
+
+
+def _pyslowfast_trained(obj: Mapping[str, Any]) -> Trained:
+    """From the checkpoint's ``cfg`` (PySlowFast's ``cfg.dump()`` YAML) when present; else the model
+    zoo's settings (softmax NL blocks, stride on the 3x3, 0.45/0.225)."""
+    cfg = yaml.safe_load(obj["cfg"]) if isinstance(obj.get("cfg"), str) else {}
+    data, resnet, nonlocal_, model = (cfg.get(k) or {} for k in ("DATA", "RESNET", "NONLOCAL", "MODEL"))
+    arch = model.get("ARCH", "i3d")
+    if arch not in ("c2d", "i3d"):
+        raise ConfigError(f"PySlowFast MODEL.ARCH={arch} is not a C2D/I3D ResNet; nlvideo loads c2d and i3d")
+    if any(g != 1 for stage in nonlocal_.get("GROUP", []) for g in stage):
+        raise ConfigError(f"PySlowFast NONLOCAL.GROUP={nonlocal_['GROUP']}: grouped non-local blocks are not "
+                          "implemented in nlvideo")
+    pools = [p for stage, pool in zip(nonlocal_.get("LOCATION", []), nonlocal_.get("POOL", []), strict=False)
+             if any(stage) for p in pool]
+    if any(list(p) != [1, 2, 2] for p in pools):
+        raise ConfigError(f"PySlowFast NONLOCAL.POOL={nonlocal_['POOL']}: nlvideo's NL blocks pool 1x2x2")
+    instantiation = nonlocal_.get("INSTANTIATION", "softmax")
+    nl = {"softmax": {"instantiation": "embedded_gaussian", "scale": True},
+          "dot_product": {"instantiation": "dot_product", "scale": False}}.get(instantiation)
+    if nl is None:
+        raise ConfigError(
+            f"PySlowFast NONLOCAL.INSTANTIATION={instantiation}: nlvideo knows softmax and dot_product"
+        )
+    norm = Normalization(*(tuple(255.0 * v for v in data.get(key, default)) for key, default in
+                           (("MEAN", [0.45] * 3), ("STD", [0.225] * 3))))
+    return Trained(norm, {"stride_1x1": bool(resnet.get("STRIDE_1X1", False))},
+                   {**nl, "pool": "before_embed", "sub_sample": True})
+
+
+_NONLOCAL_FUNCTION = ("instantiation", "scale", "pool", "sub_sample", "bn_layer", "inter_ratio")
+
+
+def _nlvideo_trained(obj: Mapping[str, Any]) -> Trained:
+    """From the training run's stored config: its normalisation and function-defining model options."""
+    config = obj.get("config") or {}
+    data, model = config.get("data") or {}, config.get("model") or {}
+    norm = Normalization(*(tuple(map(float, v if isinstance(v, list | tuple) else [v] * 3))
+                           for v in (data.get("mean", 114.75), data.get("std", 57.375))))
+    nl = model.get("nonlocal") or {}
+    return Trained(
+        norm,
+        {k: model[k] for k in ("stride_1x1", "stem_pool_padding") if k in model},
+        {k: nl[k] for k in _NONLOCAL_FUNCTION if k in nl},
+    )
+
+
+def _with_affine_bn_statistics(blobs: dict[str, Any]) -> dict[str, Any]:
+    """Caffe2 frozen-BN ("affine") models store ``_bn_s``/``_bn_b`` only: add running mean 0 and
+    variance 1 - eps, with which nlvideo's BN (eps 1e-5) computes the same x * s + b in eval mode."""
+    out = dict(blobs)
+    for key, scale in blobs.items():
+        stem = key.removesuffix("_bn_s")
+        if stem != key and stem + "_bn_rm" not in blobs:
+            out[stem + "_bn_rm"] = np.zeros_like(scale)
+            out[stem + "_bn_riv"] = np.full_like(scale, 1.0 - 1e-5)
+    if len(out) > len(blobs) and any(k.startswith("nonlocal_conv3_") for k in blobs):
+        raise ConfigError("video-nonlocal-net frozen-BN (affine) NL models group res3's non-local blocks in "
+                          "time (res_stage_nonlocal_group), which nlvideo does not implement")
+    return out
+
+
+_CAFFE2_NL = {"instantiation": "embedded_gaussian", "scale": True, "pool": "before_embed", "sub_sample": True}
+FORMATS: tuple[Format, ...] = (
+    Format("PyTorchVideo hub", "blocks.0.conv.weight", PYTORCHVIDEO_KEYS, lambda obj: Trained(KINETICS)),
+    Format("PySlowFast", "s1.pathway0_stem.conv.weight", PYSLOWFAST_KEYS, _pyslowfast_trained),
+    Format("video-nonlocal-net Caffe2", "conv1_w", CAFFE2_KEYS,
+           lambda obj: Trained(KINETICS, {"stem_pool_padding": 0}, _CAFFE2_NL),
+           ignore=r".*_momentum|lr|model_iter", prepare=_with_affine_bn_statistics),
+    Format("torchvision", "conv1.weight", TORCHVISION_KEYS, lambda obj: Trained(IMAGENET)),
+    Format("nlvideo", "stem.conv.weight", None, _nlvideo_trained),
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A pretrained file read and renamed: ``state_dict`` has nlvideo's keys (2-D kernels still 2-D),
+    ``origin`` maps each to the file's own key (for messages)."""
+
+    source: str
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    origin: dict[str, str]
+    trained: Trained
+
+    @property
+    def where(self) -> str:
+        return f"model.pretrained={self.source} ({self.format})"
+
+    @property
+    def has_nonlocal(self) -> bool:
+        return any(is_nonlocal_name(k) for k in self.state_dict)
+
+
+# ---- reading files -------------------------------------------------------------------------------
+
+_NUMPY_CORE = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+# What a numpy array or scalar pickles to: Caffe2 pickles are dicts of arrays; nlvideo checkpoints
+# hold numpy RNG states.
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, *(type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"),
+                  importlib.import_module(f"{_NUMPY_CORE}.multiarray")._reconstruct,
+                  importlib.import_module(f"{_NUMPY_CORE}.multiarray").scalar]
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays in plain containers and nothing else: a pickle can run any code, and a
+    Caffe2 weights file needs no more than this."""
+
+    _ALLOWED = {
+        *((f"numpy.{core}.multiarray", f) for core in ("core", "_core") for f in ("_reconstruct", "scalar")),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes at pickle protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+        return super().find_class(re.sub(r"^numpy\._?core", _NUMPY_CORE, module), name)
+
+
+def _read_file(path: Path) -> Any:
+    """A ``torch.save`` file (zip or legacy) with ``weights_only=True``, else a Caffe2 pickle."""
+    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        if zipfile.is_zipfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError):
+            pass  # not a legacy torch file: a Caffe2 pickle, or unreadable
+    with path.open("rb") as f:
+        return _NumpyUnpickler(f, encoding="latin1").load()
+
+
+_WRAPPERS = ("model_state", "blobs", "model", "state_dict")  # where files keep their weights
+
+
+def _detect(obj: Any, source: str) -> tuple[Format, dict[str, Any]]:
+    """The format whose stem conv key ``obj`` (or one of its :data:`_WRAPPERS`) holds, possibly under a
+    ``model.`` (PySlowFast's PyTorchVideo models) or ``module.`` (DDP) prefix; its weights unprefixed."""
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"model.pretrained={source}: unknown checkpoint format (a {type(obj).__name__})")
+    dicts = [obj, *(w for k in _WRAPPERS if isinstance(w := obj.get(k), Mapping))]
+    for weights in dicts:
+        for prefix in ("", "model.", "module."):
+            for fmt in FORMATS:
+                if prefix + fmt.marker in weights:
+                    return fmt, {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    found = f"a dict with keys {list(obj)[:6]}" + "".join(f", {k} keys like {list(obj[k])[:3]}"
+                                                        for k in _WRAPPERS if isinstance(obj.get(k), Mapping))
+    raise ConfigError(f"model.pretrained={source}: unknown checkpoint format ({found}); nlvideo reads "
+                      + ", ".join(f"{f.name} (stem conv {f.marker!r})" for f in FORMATS))
+
+
+def _as_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray) and value.ndim and value.dtype.kind == "f":
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return None
+
+
+def read_checkpoint(source: str, depth: int = 50) -> Checkpoint:
+    """Read ``source`` (a path, or ``torchvision`` for its ImageNet ResNet of ``depth``), detect its
+    format and rename its weights to nlvideo's keys. Raises a one-line :class:`ConfigError` naming
+    ``model.pretrained`` and what was found."""
+    if source == "torchvision":
+        obj: Any = torchvision_resnet_state_dict(depth)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained={source!r}: no such file")
+        try:
+            obj = _read_file(path)
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise ConfigError(
+                f"model.pretrained={source}: not a checkpoint nlvideo can read safely ({exc}); for an "
+                "nlvideo training checkpoint you trust use trainer.init_weights"
+            ) from exc
+    fmt, weights = _detect(obj, source)
+    return _convert(fmt, weights, source, obj)
+
+
+def _convert(fmt: Format, weights: Mapping[str, Any], source: str, obj: Mapping[str, Any]) -> Checkpoint:
+    """``weights`` renamed to nlvideo's keys; every tensor must have a name in the format's table."""
+    if fmt.prepare is not None:
+        weights = fmt.prepare(dict(weights))
+    state, origin, unknown = {}, {}, []
+    for key, value in weights.items():
+        if re.fullmatch(fmt.ignore, key) or (tensor := _as_tensor(value)) is None:
+            continue
+        ours = key if fmt.keys is None else fmt.keys.to_ours(key)
+        if ours is None:
+            unknown.append(key)
+            continue
+        state[ours], origin[ours] = tensor, key
+    if unknown:
+        raise ConfigError(f"model.pretrained={source} ({fmt.name}): {len(unknown)} tensors are not part of a "
+                          f"C2D/I3D ResNet, e.g. {sorted(unknown)[:3]}")
+    return Checkpoint(source, fmt.name, state, origin, fmt.trained(obj))
+
+
+# ---- the model the weights need, and loading them -----------------------------------------------
+
+def adapt_spec(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
+    """``spec`` with the options ``ckpt``'s weights were trained with (NL ones only when it has NL
+    blocks), each change logged: the converted model then computes what the original did."""
+    nl_options = ckpt.trained.nonlocal_options if ckpt.has_nonlocal else {}
+    changes = (("", ckpt.trained.options, spec), ("nonlocal.", nl_options, spec.nonlocal_))
+    for prefix, options, owner in changes:
+        for key, value in options.items():
+            if getattr(owner, key) != value:
+                log.info("model.%s%s: %r -> %r, as the %s weights were trained", prefix, key,
+                         getattr(owner, key), value, ckpt.format)
+    return replace(spec, **ckpt.trained.options, nonlocal_=replace(spec.nonlocal_, **nl_options))
+
+
+def _blocks_per_stage(keys: Sequence[str]) -> tuple[int, ...]:
+    counts = dict.fromkeys(STAGE_NAMES, 0)
+    for key in keys:
+        if m := re.match(r"(res[2-5])\.(\d+)\.", key):
+            counts[m[1]] = max(counts[m[1]], int(m[2]) + 1)
+    return tuple(counts.values())
+
+
+def _depth_name(blocks: tuple[int, ...]) -> str:
+    depth = {v: k for k, v in STAGE_DEPTHS.items()}.get(blocks)
+    return f"ResNet-{depth}" if depth else f"ResNet with {list(blocks)} blocks"
+
+
+def _fit(ckpt: Checkpoint, key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """``value`` shaped for the model's ``target``: 2-D kernels inflated; None for a classifier of another
+    class count (re-initialised); :class:`ConfigError` naming both keys otherwise."""
+    need = target.shape
+    if value.dim() == 4 and len(need) == 5 and value.shape == need[:2] + need[3:]:
+        value = inflate_weight(value, need)
+    if value.shape == need:
+        return value.to(target.dtype)
+    if key.startswith("head.fc."):
+        log.info("%s: %s not loaded (%d classes in the checkpoint, model.num_classes=%d): re-initialised",
+                 ckpt.where, key, value.shape[0], need[0])
+        return None
+    hint = ""
+    if value.dim() == len(need) == 5 and value.shape[:2] == need[:2] and value.shape[3:] == need[3:]:
+        hint = "; temporal kernels differ: an I3D checkpoint needs model.arch=i3d, a C2D one model.arch=c2d"
+    elif value.shape[:2] != need[:2]:
+        hint = "; channel counts differ: check model.width"
+    raise ConfigError(f"{ckpt.where}: {ckpt.origin[key]} has shape {tuple(value.shape)}, model {key} needs "
+                      f"{tuple(need)}{hint}")
+
+
+def load_checkpoint_into(model: nn.Module, ckpt: Checkpoint) -> list[str]:
+    """Copy ``ckpt`` into ``model`` (built from :func:`adapt_spec`'s spec); returns the keys left as built
+    (fresh NL blocks, which are identities, and a re-initialised head). Every backbone tensor must come
+    from the checkpoint: one-line :class:`ConfigError` for another depth, missing or surplus tensors."""
+    target = model.state_dict()
+    have, need = _blocks_per_stage(list(ckpt.state_dict)), _blocks_per_stage(list(target))
+    if have != need:
+        raise ConfigError(f"{ckpt.where} is a {_depth_name(have)}, the model a {_depth_name(need)}: set "
+                          "model.depth (e.g. model=i3d_r101 for ResNet-101 weights)")
+    surplus = sorted(k for k in ckpt.state_dict if k not in target)
+    surplus_nl = sorted({".".join(k.split(".")[:2]) for k in surplus if is_nonlocal_name(k)})
+    if surplus_nl:
+        positions = ",".join(n.replace(".nl", ".") for n in surplus_nl)
+        raise ConfigError(f"{ckpt.where} has non-local blocks {surplus_nl} the model lacks: set "
+                          f"model.nonlocal.positions=[{positions}] (e.g. model=i3d_nl5)")
+    if surplus:
+        raise ConfigError(
+            f"{ckpt.where}: {len(surplus)} tensors have no place in the model, e.g. {surplus[:3]}"
+        )
+    loaded = {k: v for k, v in ((k, _fit(ckpt, k, v, target[k])) for k, v in ckpt.state_dict.items())
+              if v is not None}
+    missing = [k for k in target if k not in loaded and not is_nonlocal_name(k)
+               and not k.startswith("head.fc.") and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConfigError(f"{ckpt.where} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
+    model.load_state_dict(loaded, strict=False)
+    fresh = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
+    fresh_nl = sorted({".".join(k.split(".")[:2]) for k in fresh if is_nonlocal_name(k)})
+    head = "re-initialised" if any(k.startswith("head.fc.") for k in fresh) else "loaded"
+    log.info("%s: loaded %d tensors; new non-local blocks (identities): %s; head %s", ckpt.where,
+             len(loaded), fresh_nl or "none", head)
+    return fresh
+
+
+def inflate_state_dict(model: nn.Module, state_dict_2d: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load a torchvision-layout 2-D ResNet state dict into ``model``, inflating its kernels; returns the
+    keys left as built. Raises :class:`ConfigError` naming the key when a backbone tensor is missing or its
+    shape cannot match (e.g. ResNet-50 weights into a ResNet-101, or a different ``model.width``)."""
+    torchvision = next(f for f in FORMATS if f.keys is TORCHVISION_KEYS)
+    return load_checkpoint_into(model, _convert(torchvision, state_dict_2d, "<state dict>", {}))
+
+
+# ---- input normalisation ------------------------------------------------------------------------
+
+_NORMALIZATION_OVERRIDE = re.compile(r"^[+~]*data\.(mean|std)=")
+
+
+def pretrained_normalization(source: str) -> Normalization:
+    """The input normalisation ``source``'s weights were trained with (reads the file)."""
+    return IMAGENET if source == "torchvision" else read_checkpoint(source).trained.normalization
+
+
+def apply_pretrained_normalization(cfg: Any, overrides: Sequence[str]) -> Normalization | None:
+    """Set ``cfg.data.mean``/``std`` to the normalisation ``cfg.model.pretrained``'s weights were trained
+    with, unless the command line (``overrides``, Hydra's task overrides) sets either; logs which. Call
+    it where the run config is composed, before the data is built. None without ``model.pretrained``."""
+    source = cfg.model.get("pretrained")
+    if not source:
+        return None
+    norm = pretrained_normalization(str(source))
+    mean, std = norm.config_values()
+    if any(_NORMALIZATION_OVERRIDE.match(o) for o in overrides):
+        log.info("data.mean=%s data.std=%s as given on the command line (model.pretrained=%s was trained "
+                 "with mean %s, std %s)", cfg.data.mean, cfg.data.std, source, mean, std)
+    else:
+        cfg.data.mean, cfg.data.std = mean, std
+        log.info("data.mean=%s data.std=%s: the normalisation model.pretrained=%s was trained with",
+                 mean, std, source)
+    return norm
