@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlvideo.models import INSTANTIATIONS, NonLocalBlock, to_channels_last_3d
+from nlvideo.models.nonlocal_block import POOLS
 from tests.reference.seed_nonlocal import _NonLocalBlockND
 
 SHAPES = {1: (2, 8, 12), 2: (2, 8, 6, 8), 3: (2, 8, 4, 6, 8)}
@@ -23,17 +25,21 @@ def randomise(block: nn.Module, std: float = 0.2) -> nn.Module:
 
 
 def paper_formula(block: NonLocalBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Direct float64 evaluation of y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j), z = W_z y + x, loop over i, j."""
-    b, c = x.shape[:2]
+    """Direct float64 evaluation of y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j), z = W_z y + x, loop over i, j.
+
+    3-D input. With ``pool="before_embed"`` phi and g embed the 1x2x2 max-pooled input; with ``scale``
+    theta_i^T phi_j is multiplied by C'^-1/2."""
+    pooled = F.max_pool3d(x, (1, 2, 2)) if block.sub_sample and block.pool == "before_embed" else x
     theta = block.theta(x).flatten(2)[0].T  # (N, d) for batch element 0
-    phi = block.phi(x).flatten(2)[0].T  # (M, d)
-    g = block.g(x).flatten(2)[0].T  # (M, C')
+    phi = block.phi(pooled).flatten(2)[0].T  # (M, d)
+    g = block.g(pooled).flatten(2)[0].T  # (M, C')
     n, m = theta.shape[0], phi.shape[0]
+    scale = block.inter_channels**-0.5 if block.scale else 1.0
     f = torch.empty(n, m, dtype=x.dtype)
     for i in range(n):
         for j in range(m):
             if block.instantiation in ("gaussian", "embedded_gaussian"):
-                f[i, j] = torch.exp(theta[i] @ phi[j])
+                f[i, j] = torch.exp(scale * theta[i] @ phi[j])
             elif block.instantiation == "dot_product":
                 f[i, j] = theta[i] @ phi[j]
             else:
@@ -65,10 +71,12 @@ CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 @pytest.mark.parametrize(("dimension", "layout"), [(1, "contiguous"), (2, "contiguous"), (3, "contiguous"),
                                                    (2, "channels_last"), (3, "channels_last")])
-def test_efficient_path_equals_naive_path_fp32_forward_and_backward(instantiation, dimension, layout):
+@pytest.mark.parametrize("pool", POOLS)
+def test_efficient_path_equals_naive_path_fp32_forward_and_backward(instantiation, dimension, layout, pool):
     """Both storage layouts of the efficient path (channel-major, and position-major for channels-last)."""
-    naive = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="naive"))
-    fast = randomise(NonLocalBlock(8, dimension=dimension, instantiation=instantiation, impl="efficient"))
+    kwargs = {"dimension": dimension, "instantiation": instantiation, "pool": pool}
+    naive = randomise(NonLocalBlock(8, impl="naive", **kwargs))
+    fast = randomise(NonLocalBlock(8, impl="efficient", **kwargs))
     fast.load_state_dict(naive.state_dict())
     x1 = torch.randn(SHAPES[dimension], requires_grad=True)
     x2 = x1.detach().clone()
