@@ -253,7 +253,7 @@ def test_nlvideo_checkpoint_loads_with_the_options_it_was_trained_with(tmp_path)
     torch.save({"model": source.state_dict(), "config": config, "iteration": 1000,
                 "rng": {"numpy": np.random.get_state()}}, path)
     assert_same_logits(build("i3d", NL5, pretrained=str(path)), source)
-    assert pt.pretrained_normalization(str(path)) == pt.Normalization((1.0, 2.0, 3.0), (4.0,) * 3)
+    assert normalization(path) == pt.Normalization((1.0, 2.0, 3.0), (4.0,) * 3)
 
 
 def test_torchvision_means_resnet101_for_depth_101(monkeypatch):
@@ -320,7 +320,11 @@ def test_other_class_count_reinitialises_the_head_and_says_so(tmp_path, caplog):
     assert "5 classes in the checkpoint, model.num_classes=157): re-initialised" in caplog.text
 
 
-# ---- normalisation -------------------------------------------------------------------------------
+# ---- the run config: normalisation and model options ------------------------------------------
+
+def normalization(path: Path) -> pt.Normalization:
+    return pt.read_checkpoint(str(path)).trained.normalization
+
 
 def test_each_format_reports_the_normalisation_it_was_trained_with(tmp_path):
     ptv, pysf, c2 = tmp_path / "a.pyth", tmp_path / "b.pyth", tmp_path / "c.pkl"
@@ -328,11 +332,14 @@ def test_each_format_reports_the_normalisation_it_was_trained_with(tmp_path):
     torch.save({"model_state": ptv_model("c2d").state_dict()}, ptv)
     save_pyslowfast(source, pysf, MODEL={"ARCH": "c2d"}, DATA={"MEAN": [0.5, 0.4, 0.3]})
     save_caffe2(source, c2)
-    assert pt.pretrained_normalization(str(ptv)) == pt.KINETICS
-    assert pt.pretrained_normalization(str(pysf)) == pt.Normalization((127.5, 102.0, 76.5), (57.375,) * 3)
-    assert pt.pretrained_normalization(str(c2)) == pt.KINETICS
+    assert normalization(ptv) == normalization(c2) == pt.KINETICS
+    assert normalization(pysf) == pt.Normalization((127.5, 102.0, 76.5), (57.375,) * 3)
     assert pt.KINETICS.mean == (114.75,) * 3 and pt.KINETICS.std == (57.375,) * 3
-    assert pt.pretrained_normalization("torchvision") == pt.IMAGENET
+
+
+def compose_run(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize(("overrides", "mean", "std"), [
@@ -340,7 +347,19 @@ def test_each_format_reports_the_normalisation_it_was_trained_with(tmp_path):
     (["data.std=60"], 114.75, 60),  # the command line wins; the yaml's mean stays too
 ])
 def test_data_normalisation_follows_the_weights_unless_given_on_the_command_line(overrides, mean, std):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model.pretrained=torchvision", *overrides])
-    assert pt.apply_pretrained_normalization(cfg, overrides) == pt.IMAGENET
+    cfg = compose_run("model.pretrained=torchvision", *overrides)
+    assert pt.apply_pretrained_to_config(cfg, overrides).normalization == pt.IMAGENET
     assert (cfg.data.mean, cfg.data.std) == (mean, std)
+
+
+def test_the_run_config_records_the_model_options_the_weights_need(tmp_path):
+    """So the config a training checkpoint stores rebuilds the trained model without the pretrained file."""
+    path = save_caffe2(randomise(build("i3d", CAFFE2_NL, stem_pool_padding=0)), tmp_path / "nl.pkl")
+    cfg = compose_run("model=i3d_nl5", "model.width=8", f"model.pretrained={path}")
+    pt.apply_pretrained_to_config(cfg, [])
+    nl = cfg.model["nonlocal"]
+    assert (cfg.model.stem_pool_padding, nl.pool, nl.scale) == (0, "before_embed", True)
+    model = build_video_resnet(**cfg.model).eval()
+    rebuilt = build_video_resnet(**{**cfg.model, "pretrained": None}).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert_same_logits(rebuilt, model)

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from omegaconf import OmegaConf
 from torch import nn
 
 from nlvideo.models.inflate import inflate_weight, torchvision_resnet_state_dict
@@ -412,17 +413,29 @@ def _convert(fmt: Format, weights: Mapping[str, Any], source: str, obj: Mapping[
 
 # ---- the model the weights need, and loading them -----------------------------------------------
 
+def required_options(ckpt: Checkpoint) -> dict[str, Any]:
+    """The model options ``ckpt``'s weights were trained with, as config keys under ``model.``
+    (``stem_pool_padding``, ``nonlocal.pool``); NL ones only when it has NL blocks."""
+    nl = ckpt.trained.nonlocal_options if ckpt.has_nonlocal else {}
+    return {**ckpt.trained.options, **{f"nonlocal.{k}": v for k, v in nl.items()}}
+
+
+def _announce(ckpt_format: str, key: str, old: Any, new: Any) -> None:
+    if old != new:
+        log.info("model.%s: %r -> %r, as the %s weights were trained", key, old, new, ckpt_format)
+
+
 def adapt_spec(spec: ModelSpec, ckpt: Checkpoint) -> ModelSpec:
-    """``spec`` with the options ``ckpt``'s weights were trained with (NL ones only when it has NL
-    blocks), each change logged: the converted model then computes what the original did."""
-    nl_options = ckpt.trained.nonlocal_options if ckpt.has_nonlocal else {}
-    changes = (("", ckpt.trained.options, spec), ("nonlocal.", nl_options, spec.nonlocal_))
-    for prefix, options, owner in changes:
-        for key, value in options.items():
-            if getattr(owner, key) != value:
-                log.info("model.%s%s: %r -> %r, as the %s weights were trained", prefix, key,
-                         getattr(owner, key), value, ckpt.format)
-    return replace(spec, **ckpt.trained.options, nonlocal_=replace(spec.nonlocal_, **nl_options))
+    """``spec`` with :func:`required_options`, each change logged: the converted model then computes
+    what the original did."""
+    options = required_options(ckpt)
+    top = {k: v for k, v in options.items() if not k.startswith("nonlocal.")}
+    nl = {k.removeprefix("nonlocal."): v for k, v in options.items() if k.startswith("nonlocal.")}
+    for key, value in top.items():
+        _announce(ckpt.format, key, getattr(spec, key), value)
+    for key, value in nl.items():
+        _announce(ckpt.format, f"nonlocal.{key}", getattr(spec.nonlocal_, key), value)
+    return replace(spec, **top, nonlocal_=replace(spec.nonlocal_, **nl))
 
 
 def _blocks_per_stage(keys: Sequence[str]) -> tuple[int, ...]:
@@ -501,25 +514,29 @@ def inflate_state_dict(model: nn.Module, state_dict_2d: Mapping[str, torch.Tenso
     return load_checkpoint_into(model, _convert(torchvision, state_dict_2d, "<state dict>", {}))
 
 
-# ---- input normalisation ------------------------------------------------------------------------
+# ---- the run config: model options and input normalisation ------------------------------------
 
 _NORMALIZATION_OVERRIDE = re.compile(r"^[+~]*data\.(mean|std)=")
 
 
-def pretrained_normalization(source: str) -> Normalization:
-    """The input normalisation ``source``'s weights were trained with (reads the file)."""
-    return IMAGENET if source == "torchvision" else read_checkpoint(source).trained.normalization
-
-
-def apply_pretrained_normalization(cfg: Any, overrides: Sequence[str]) -> Normalization | None:
-    """Set ``cfg.data.mean``/``std`` to the normalisation ``cfg.model.pretrained``'s weights were trained
-    with, unless the command line (``overrides``, Hydra's task overrides) sets either; logs which. Call
-    it where the run config is composed, before the data is built. None without ``model.pretrained``."""
+def apply_pretrained_to_config(cfg: Any, overrides: Sequence[str]) -> Trained | None:
+    """Write what ``cfg.model.pretrained``'s weights were trained with into the run config ``cfg``: the
+    model options they need (:func:`required_options`; so the config a checkpoint stores describes the
+    model that was trained) and their input normalisation as ``data.mean``/``std``, unless the command
+    line (``overrides``, Hydra's task overrides) sets either. Logs each change. Call it where the run
+    config is composed, before the data and the model are built; None without ``model.pretrained``."""
     source = cfg.model.get("pretrained")
     if not source:
         return None
-    norm = pretrained_normalization(str(source))
-    mean, std = norm.config_values()
+    if source == "torchvision":  # no options, and no download just for the normalisation
+        trained, options, fmt = Trained(IMAGENET), {}, "torchvision"
+    else:
+        ckpt = read_checkpoint(str(source))
+        trained, options, fmt = ckpt.trained, required_options(ckpt), ckpt.format
+    for key, value in options.items():
+        _announce(fmt, key, OmegaConf.select(cfg.model, key), value)
+        OmegaConf.update(cfg.model, key, value)
+    mean, std = trained.normalization.config_values()
     if any(_NORMALIZATION_OVERRIDE.match(o) for o in overrides):
         log.info("data.mean=%s data.std=%s as given on the command line (model.pretrained=%s was trained "
                  "with mean %s, std %s)", cfg.data.mean, cfg.data.std, source, mean, std)
@@ -527,4 +544,4 @@ def apply_pretrained_normalization(cfg: Any, overrides: Sequence[str]) -> Normal
         cfg.data.mean, cfg.data.std = mean, std
         log.info("data.mean=%s data.std=%s: the normalisation model.pretrained=%s was trained with",
                  mean, std, source)
-    return norm
+    return trained
