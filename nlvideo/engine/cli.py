@@ -57,6 +57,13 @@ def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         status = 2
+    except RuntimeError as exc:
+        if not du.is_collective_failure(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: a collective with the other processes failed ({first[:200]}); a peer stopped, "
+              "died or stalled longer than trainer.dist_timeout_min", file=sys.stderr)
+        status = 1
     except KeyboardInterrupt:  # a second Ctrl-C (the first one checkpoints and stops cleanly)
         print("interrupted", file=sys.stderr)
         status = 130

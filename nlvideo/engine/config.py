@@ -114,6 +114,7 @@ def _check_training(t: DictConfig) -> None:
     number(t, "eval_period", "trainer", integer=True, at_least=0)
     number(t.precise_bn, "num_batches", "trainer.precise_bn", integer=True, at_least=1)
     number(t, "preempt_exit_code", "trainer", integer=True, at_least=0, below=256)
+    number(t, "dist_timeout_min", "trainer", above=0)
     _check_signals(t.preempt_signals)
     _existing_file(t, "resume", ": pass a checkpoint file, trainer.resume=auto (the newest in the run dir) "
                    "or trainer.resume=null")

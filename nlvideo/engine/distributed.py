@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,8 @@ def init_distributed(timeout_min: float = 30.0) -> DistInfo:
     if world_size <= 1:
         return DistInfo()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        stop_with_launcher()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
@@ -73,6 +77,24 @@ def init_distributed(timeout_min: float = 30.0) -> DistInfo:
     store = dist.PrefixStore(f"nlvideo/attempt_{restart}", store)
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return info()
+
+
+def stop_with_launcher() -> None:
+    """Have the kernel send this worker SIGTERM when its torchrun agent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A SIGKILLed launcher cannot forward anything, and its workers would train on, orphaned, to the end
+    of the run; with SIGTERM they take the preemption path instead: every rank receives it, so they
+    agree on the next iteration boundary, checkpoint and exit."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def info() -> DistInfo:
@@ -104,6 +126,20 @@ def env_rank() -> int:
         if key in os.environ and (key == "RANK" or _under_submitit_slurm()):
             return int(os.environ[key])
     return 0
+
+
+_TRANSPORT_ERRORS = ("timed out", "timeout", "connection closed", "connection reset", "pair closure", "gloo",
+                     "nccl", "processgroup")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed collective (a peer died, stopped or stalled past the group's
+    timeout): torch raises :class:`torch.distributed.DistError` or, from gloo's transport, a plain
+    RuntimeError naming it."""
+    if isinstance(exc, dist.DistError):
+        return True
+    return (isinstance(exc, RuntimeError) and dist.is_available() and dist.is_initialized()
+            and any(marker in str(exc).lower() for marker in _TRANSPORT_ERRORS))
 
 
 def cleanup() -> None:

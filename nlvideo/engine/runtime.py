@@ -8,6 +8,7 @@ without a process group.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -115,6 +116,15 @@ def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
                           world_size=info.world_size, drop_last=train)
     loader = build_loader(ds, cfg.data, sampler, batch_size=batch_size)
     return ds, sampler, loader
+
+
+def dataset_fingerprint(ds, root: str) -> str:
+    """``"<videos>:<hash>"`` of a dataset's classes, videos (relative to ``root``) and labels."""
+    digest = hashlib.sha1(repr(list(ds.class_names)).encode())
+    for rec in ds.records:
+        digest.update(f"{os.path.relpath(rec.path, root)}\0{rec.label}\0{getattr(rec, 'actions', None)}\n"
+                      .encode())
+    return f"{ds.num_videos}:{digest.hexdigest()[:12]}"
 
 
 def run_dir_of_this_job() -> Path:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.data.dataset import class_usage_warning
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
@@ -43,6 +44,7 @@ from nlvideo.engine.runtime import (
     Forward,
     build_model,
     build_split,
+    dataset_fingerprint,
     decide_on_main,
     make_forward,
     model_stats,
@@ -105,7 +107,7 @@ class Loop:
 def train(cfg: DictConfig) -> int:
     """Run (or resume) one training job; returns the process exit status."""
     validate_config(cfg)  # every key checked before any data is read or process group formed
-    info = du.init_distributed()
+    info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
     setup_rank_logging(info.rank)
     run_dir = run_dir_of_this_job()
     lock = RunDirLock(run_dir, wait=bool(cfg.trainer.wait_for_run_dir))
@@ -120,6 +122,7 @@ def train(cfg: DictConfig) -> int:
         # Data first: num_classes and multi_label come from the dataset itself.
         train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
         val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
+        check_same_data(cfg, train_ds, val[0] if val else None)
         log_data(train_ds, val[0] if val else None)
         loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
         state = start_or_resume(loop)
@@ -136,12 +139,29 @@ def hold(lock: RunDirLock) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def check_same_data(cfg: DictConfig, *datasets) -> None:
+    """Every rank must read the same lists (a node with other files would end its epoch early and leave
+    the others waiting in a collective forever): compare fingerprints once, fail with one line."""
+    if du.get_world_size() == 1:
+        return
+    mine = [dataset_fingerprint(ds, str(cfg.data.root)) for ds in datasets if ds is not None]
+    for rank, theirs in enumerate(du.all_gather_object(mine)):
+        if theirs != mine:
+            raise ConfigError(f"rank {rank} reads other data than rank {du.get_rank()} "
+                              f"(videos, fingerprint: {theirs} vs {mine}): every node must see the same "
+                              "lists and classes under data.root")
+
+
 def log_data(train_ds, val_ds) -> None:
-    """What data the run found, before any of it is read."""
+    """What data the run found, before any of it is read, and a warning when the labels use far
+    fewer classes than the classifier has (e.g. labels 0/1 with data.num_classes=400)."""
     for split, ds in (("train", train_ds), ("val", val_ds)):
         if ds is not None:
             log.info("%s: %d videos, %d classes (%s)", split, ds.num_videos, ds.num_classes,
                      "multi-label" if ds.multi_label else "single-label")
+    unused = class_usage_warning(train_ds)
+    if unused and du.is_main_process():
+        log.warning("%s", unused)
 
 
 def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, num_batches: int) -> Loop:
