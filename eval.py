@@ -23,6 +23,12 @@ import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvide
 from nlvideo.engine.cli import prepare_argv, run_job
 from nlvideo.engine.tester import evaluate
 
+KEYS = """
+  checkpoint=PATH             required: the training checkpoint to test
+  data.root=DIR               another copy of the dataset     data.test.num_clips=N  temporal views
+  data.batch_size=N           clips per process               trainer.device=auto|cpu|cuda
+"""
+
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -30,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv(Path(__file__).resolve().parent / "configs")
+    prepare_argv(Path(__file__).resolve().parent / "configs", __doc__, KEYS)
     main()

@@ -17,6 +17,17 @@ import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvide
 from nlvideo.engine.cli import prepare_argv, run_job
 from nlvideo.engine.trainer import train
 
+KEYS = """
+  data.root=DIR               the dataset (data=kinetics400|charades need it; data=synthetic generates)
+  data.batch_size=N           clips per process        data.num_workers=N   loader processes
+  optim.lr=X                  base rate for optim.reference_batch_size clips (linear scaling)
+  trainer.epochs=N | trainer.max_iters=N              trainer.eval_period=N (0: no validation)
+  trainer.amp=off|bf16|fp16   trainer.device=auto|cpu|cuda   trainer.compile=true
+  trainer.resume=auto|null|PATH  (auto: continue the run dir's newest valid checkpoint)
+  trainer.init_weights=PATH   fine-tune from a checkpoint's weights    model.pretrained=PATH|torchvision
+  hydra.run.dir=DIR           the run's folder (rerun the same command with it to resume)
+"""
+
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -24,5 +35,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv(Path(__file__).resolve().parent / "configs")
+    prepare_argv(Path(__file__).resolve().parent / "configs", __doc__, KEYS)
     main()

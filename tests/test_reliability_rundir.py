@@ -142,3 +142,23 @@ def test_second_ctrl_c_stops_at_once_without_traceback(synthetic_root, tmp_path)
                              ("received SIGINT", signal.SIGINT))
     assert code == 130, out[-3000:]
     assert "Traceback" not in out and out.rstrip().endswith("interrupted"), out[-2000:]
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_in_train_log(synthetic_root, tmp_path):
+    """Disk full / quota: a traceback on the console only, nothing in train.log. Here every file is
+    capped at 256 KiB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write fails instead): logs and
+    event files fit, a checkpoint does not."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    run_dir = tmp_path / "full"
+    r = subprocess.run([sys.executable, "train.py", *tiny_overrides(synthetic_root), *QUICK,
+                        "trainer.max_iters=2", f"hydra.run.dir={run_dir}"], cwd=REPO, env=app_env(),
+                       text=True, capture_output=True, timeout=240, preexec_fn=small_files)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    line = f"could not write the checkpoint of iteration 1 to {run_dir / 'checkpoints'} ("
+    assert line in (run_dir / "train.log").read_text()
+    assert "Last good checkpoint: none" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    assert not list((run_dir / "checkpoints").iterdir())  # no partial file left behind

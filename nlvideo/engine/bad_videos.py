@@ -45,7 +45,8 @@ class BadVideoReport:
                 self.reasons[path] = reason
                 reported.append(path)
                 if du.is_main_process():
-                    log.warning("unreadable video %s (%s): %s", path, reason, what)
+                    shown = path if path.isprintable() else repr(path)  # e.g. a NUL byte in a list
+                    log.warning("unreadable video %s (%s): %s", shown, reason, what)
         return reported
 
     @property

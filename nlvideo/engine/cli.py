@@ -23,10 +23,27 @@ from nlvideo.engine import distributed as du
 from nlvideo.engine.config import ConfigError, check_group_choices
 
 
-def prepare_argv(config_dir: str | Path) -> None:
-    """Fix ``sys.argv`` for this rank and reject a bad config-group choice before Hydra starts."""
+def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "") -> None:
+    """Answer ``--help``/``-h``, fix ``sys.argv`` for this rank and reject a bad config-group choice,
+    all before Hydra starts."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(usage(description, keys, config_dir))
+        sys.exit(0)
     sys.argv = nonzero_rank_argv(sys.argv)
     exit_on_bad_group_choice(sys.argv[1:], config_dir)
+
+
+def usage(description: str, keys: str, config_dir: str | Path) -> str:
+    """The script's description, the config groups with their choices, and its main keys (Hydra's own
+    help lists every resolved key of the composed config: ``--hydra-help`` and ``--cfg job``)."""
+    config_dir = Path(config_dir)
+    groups = sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = [description.strip(), "", "Config groups (name=choice):"]
+    for g in groups:
+        lines.append(f"  {g.name:<11} " + ", ".join(sorted(p.stem for p in g.glob("*.yaml"))))
+    lines += ["", "Main keys (key=value; every key: --cfg job):", keys.strip("\n"), "",
+              "Hydra's own options: --hydra-help, --cfg job, -m (sweep), hydra.run.dir=DIR"]
+    return "\n".join(lines)
 
 
 def exit_on_bad_group_choice(argv: list[str], config_dir: str | Path) -> None:

@@ -75,7 +75,8 @@ class Progress:
             done = self.n - self.start_n
             eta = elapsed / max(done, 1) * (self.total - self.n)
             fields = "  ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
-            log.info("%s [%d/%d]  %s  eta %s", self.desc, self.n, self.total, fields, _hms(eta))
+            log.info("%s [%d/%d]  %s  %s eta %s", self.desc, self.n, self.total, fields, self.desc.split()[0],
+                     _hms(eta))
 
     def close(self) -> None:
         if self._bar is not None:

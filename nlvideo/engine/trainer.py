@@ -61,6 +61,10 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, permissions)."""
+
+
 @dataclass
 class Loop:
     """The training loop's fixed context: what every step and checkpoint uses and never replaces."""
@@ -389,7 +393,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
             log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
                      state.iteration, state.best, loop.bad_videos.count)
         return 0
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CheckpointWriteError) as exc:
         log.error("%s", exc)
         return 1
     finally:
@@ -535,6 +539,9 @@ def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) ->
     loop.bad_videos.update(loop.bad_videos.new(agg.failures.items()), "skipped in validation")
     _, scores, labels = agg.result()
     metrics = compute_metrics(scores, labels, loop.multi_label)
+    if not metrics:
+        log.error("validation scored no video (%d unreadable): no val/%s this epoch", agg.num_failed,
+                  "mAP" if loop.multi_label else "top1")
     metrics["skipped_videos"] = float(agg.num_failed)
     loop.tb.scalars({f"val/{k}": v for k, v in metrics.items()}, state.iteration)
     key = "mAP" if loop.multi_label else "top1"
@@ -556,8 +563,15 @@ def save(loop: Loop, state: TrainState) -> Path | None:
                **state.state_dict(loop.per_rank_batch), **loop.meta}
     if not du.is_main_process():
         return None
-    path = ckpt_io.save_checkpoint(payload, loop.ckpt_dir, state.iteration,
-                                   keep_last=int(loop.cfg.trainer.checkpoint.keep_last),
-                                   _while_writing=loop.faults.while_writing(state.iteration))
+    try:
+        path = ckpt_io.save_checkpoint(payload, loop.ckpt_dir, state.iteration,
+                                       keep_last=int(loop.cfg.trainer.checkpoint.keep_last),
+                                       _while_writing=loop.faults.while_writing(state.iteration))
+    except (OSError, RuntimeError) as exc:  # torch.save's zip writer reports a failed write as RuntimeError
+        last = (ckpt_io.list_checkpoints(loop.ckpt_dir) or [None])[-1]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise CheckpointWriteError(f"could not write the checkpoint of iteration {state.iteration} to "
+                                   f"{loop.ckpt_dir} ({reason[:200]}); stopping. Last good checkpoint: "
+                                   f"{last or 'none'}") from None
     log.info("saved %s", path)
     return path
