@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # The public API, imported on first use: ``import nlvideo`` (the compat shim that entry scripts and
 # loader workers import first) does not pull in the models, the data pipeline and decord with it.
-_API = {"create_model": "nlvideo.factory", "list_models": "nlvideo.factory"}
+_API = {"create_model": "nlvideo.factory", "list_models": "nlvideo.factory", "Predictor": "nlvideo.predict"}
 __all__ = sorted(_API)
 
 

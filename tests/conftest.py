@@ -67,3 +67,16 @@ def decoded_frame_ids(clip, mean=114.75, std=57.375):
     h, w = clip.shape[-2:]
     pixels = clip[:, :, h // 2 :, w // 2 :] * std + mean
     return [round(v / 3) for v in pixels.mean(dim=(0, 2, 3)).tolist()]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    """A real train.py checkpoint (c2d_nl1, width 8, 2 iterations on ``synthetic_root``) for the
+    commands that start from one: predict.py, scripts/export.py."""
+    from tests.test_train_run import run_app, tiny_overrides
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    r = run_app("train.py", *tiny_overrides(synthetic_root), "model=c2d_nl1", "trainer.max_iters=2",
+                "trainer.eval_period=0", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir / "checkpoints" / "checkpoint_000000002.pt"

@@ -24,6 +24,14 @@ from nlvideo.engine.logging import Progress
 log = logging.getLogger(__name__)
 
 
+def clip_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """(B, K) clip logits -> probabilities: sigmoid per class for multi-label data, else softmax.
+
+    Shared by evaluation and :mod:`nlvideo.predict`, so a prediction is scored as eval.py scores it.
+    """
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
 class VideoScoreAggregator:
     """Running per-video sum of clip probabilities, plus each video's label."""
 
@@ -48,7 +56,7 @@ class VideoScoreAggregator:
         if not keep.any():
             return
         logits, labels, video_index = logits[keep], labels[keep], video_index[keep]
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        probs = clip_probabilities(logits, self.multi_label)
         self.scores.index_add_(0, video_index, probs.double())
         self.counts.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
         self.label_sum[video_index] = labels.double()  # every view of a video has the same label

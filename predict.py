@@ -1,0 +1,29 @@
+"""Label videos with a trained checkpoint: top-k classes by name, eval.py's multi-view test.
+
+    python predict.py checkpoint=outputs/train/i3d_nl5/<time>/checkpoints/checkpoint_XXX.pt video=clip.mp4
+    python predict.py checkpoint=... video=videos/ views=1 output=json > predictions.json
+    python predict.py checkpoint=... video=[a.mp4,b.mp4] topk=3 device=cpu
+
+Keys (configs/predict.yaml): ``views=paper`` (10 clips x 3 crops) | ``1`` | ``<clips>x<crops>``,
+``topk``, ``output=text|json``, ``device``, ``batch_size``. Unreadable videos are skipped with their
+reason; the exit status is 1 when none could be read. The job is :func:`nlvideo.predict.run`.
+"""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvideo imports)
+from nlvideo.engine.cli import prepare_argv, run_job
+from nlvideo.predict import run
+
+
+@hydra.main(config_path="configs", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(run, cfg)
+
+
+if __name__ == "__main__":
+    prepare_argv(Path(__file__).resolve().parent / "configs")
+    main()
