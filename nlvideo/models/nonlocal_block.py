@@ -30,10 +30,11 @@ only dispatches on the answer):
   for backward. Taken for ``impl="naive"`` and whenever the map is returned (``return_nl_map``).
 - ``"sdpa"`` (:func:`_sdpa`): the submodules theta/phi/g/W with plain autograd ops, and
   ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors for the softmax forms
-  (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device) and under CPU autocast.
-- ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): on CPU without autocast (fp32 in
-  practice), where SDPA's CPU flash kernel runs ~10x slower on the subnormal weights of a peaked
-  softmax (``_probs``), a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
+  (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device), under CPU autocast, while
+  traced or exported (``torch.jit.trace``, ``torch.export``, ONNX) and when no gradient is needed.
+- ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): CPU training without autocast
+  (fp32 in practice), where SDPA's CPU flash kernel runs ~10x slower on the subnormal weights of a
+  peaked softmax (``_probs``), a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
   query chunks, scores recomputed in backward) with the 1x1 convs as GEMMs on the input's own
   storage (channel-major for a contiguous input, position-major for a channels-last one, so the
   trainer's channels-last models pay no layout conversion), a max-pool that saves only int32
@@ -86,7 +87,7 @@ class NonLocalBlock(nn.Module):
     """Residual non-local block for 1-D (B, C, L), 2-D (B, C, H, W) or 3-D (B, C, T, H, W) input.
 
     Forward hooks on the submodules ``theta``/``phi``/``g``/``W`` do not run on the ``"cpu_chunked"``
-    path (CPU, no autocast, ``impl`` not ``naive``), which reads their weights directly: use
+    path (CPU training, no autocast, ``impl`` not ``naive``), which reads their weights directly: use
     ``impl="naive"`` where they are needed (see the module docstring).
 
     Args:
@@ -197,9 +198,11 @@ class NonLocalBlock(nn.Module):
 
     def _concat_terms(self, theta: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w_f^T [theta_i; phi_j] = a_i + b_j: the two halves of w_f applied separately."""
-        w = self.concat_project[0].weight.flatten()  # (2C',)
+        w = self.concat_project[0].weight.flatten()[:, None]  # (2C', 1)
         ci = self.inter_channels
-        return theta @ w[:ci], phi @ w[ci:]  # (B, N), (B, M)
+        # Matrix-matrix, not matrix @ (2C',) vector: ONNX Runtime 1.32's graph optimisations compute a
+        # transposed (B, N, C') @ 1-D weight wrongly (tests/test_export.py catches it).
+        return (theta @ w[:ci]).squeeze(2), (phi @ w[ci:]).squeeze(2)  # (B, N), (B, M)
 
     def affinity(self, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         """The normalised pairwise map f(x_i, x_j) / C(x), shape (B, N, M): the naive path."""
@@ -341,25 +344,44 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
     """The computation path ``block(x, return_nl_map)`` takes, and why: the first rule that applies.
 
     1. ``"naive"`` for ``impl="naive"``, and whenever the map is returned: only it builds the map.
-    2. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
+    2. ``"sdpa"`` while tracing or exporting (``torch.jit.trace``, ``torch.export``, and ONNX export,
+       which runs one of the two): the ``"cpu_chunked"`` path's custom autograd Functions, Python
+       loops and ``out=`` kernels are not captured as a graph (``torch.jit.trace`` fails; the graph
+       ``torch.export`` records cannot be run), while the sdpa path is plain ATen ops. Plain
+       ``torch.compile`` is not tracing in this sense: it handles the custom Functions.
+    3. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
        ``F.scaled_dot_product_attention`` has flash / memory-efficient kernels, and under CPU
        autocast: the CPU path's custom Functions are written and tested for one dtype throughout,
        not for autocast's per-op casts, which plain autograd ops and SDPA follow.
-    3. ``"cpu_chunked"`` otherwise (CPU, no autocast): see the module docstring for why not SDPA.
+    4. ``"sdpa"`` when no gradient is needed (grad mode off, as in evaluation, or neither the input
+       nor a parameter of the block requires one): what the ``"cpu_chunked"`` path saves is
+       activations for backward; without one it is not consistently faster than SDPA
+       (``scripts/bench_inference.py``, docs/inference.md).
+    5. ``"cpu_chunked"`` otherwise (CPU training, no autocast): see the module docstring for why not
+       SDPA.
     """
     if block.impl == "naive":
         return PathChoice("naive", "impl='naive' always builds the attention map")
     if return_nl_map:
         return PathChoice("naive", "return_nl_map=True: only the naive path builds the attention map")
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return PathChoice("sdpa", "tracing/exporting: plain ATen ops, no custom autograd Functions")
     if x.device.type != "cpu":
         return PathChoice("sdpa", f"{x.device.type} input: scaled_dot_product_attention's fused kernels")
     if torch.is_autocast_enabled("cpu"):
         return PathChoice("sdpa", "CPU autocast is enabled: the CPU chunked kernels are for one dtype")
+    if not _needs_grad(block, x):
+        return PathChoice("sdpa", "no gradient needed: the CPU chunked path only saves memory for backward")
     return PathChoice(
         "cpu_chunked",
         "CPU input without autocast: chunked attention, lean max-pool and fused W_z + BN save about "
         "half the activations; SDPA's CPU kernel is slow on the subnormal weights of a peaked softmax",
     )
+
+
+def _needs_grad(block: NonLocalBlock, x: torch.Tensor) -> bool:
+    """Whether autograd will record ``block(x)``: grad mode on and the input or a parameter requires it."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters()))
 
 
 def _sdpa(theta: torch.Tensor, phi: torch.Tensor, g: torch.Tensor, scale: float | None) -> torch.Tensor:
