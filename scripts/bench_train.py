@@ -37,7 +37,6 @@ from nlvideo.models import to_channels_last_3d
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile")
 MODELS = ("c2d", "i3d", "i3d_nl5", "ptv_i3d")
-_NL5 = {"res3": [1, 3], "res4": [1, 3, 5]}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -45,11 +44,9 @@ def build(name: str) -> torch.nn.Module:
         from pytorchvideo.models.hub import i3d_r50
 
         return i3d_r50(pretrained=False)
-    from nlvideo.models import build_video_resnet
+    from nlvideo.factory import create_model
 
-    arch = name.split("_")[0]
-    positions = _NL5 if name.endswith("nl5") else {}
-    return build_video_resnet(name=name, arch=arch, num_classes=400, **{"nonlocal": {"positions": positions}})
+    return create_model(name, num_classes=400)
 
 
 def rss_peak_mib() -> float:

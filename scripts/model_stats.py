@@ -6,15 +6,11 @@ python scripts/model_stats.py            # Markdown table, 400 classes (Kinetics
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 import nlvideo  # noqa: F401
+from nlvideo.factory import create_model
 from nlvideo.models.stats import count_macs, count_params
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = ["c2d", "c2d_nl1", "c2d_nl5", "c2d_nl10", "i3d", "i3d_nl1", "i3d_nl5", "i3d_nl10"]
 # paper.md: parameter counts the paper / reference code / PyTorchVideo give for R50 with 400 classes.
 PAPER_PARAMS = {"c2d": 24_327_632, "c2d_nl5": 31_686_096, "i3d": 28_043_472, "i3d_nl5": 35_401_936}
@@ -32,11 +28,7 @@ def main() -> None:
     for name in args.models:
         macs = {}
         for clip, frames in (("8x8", 8), ("32x2", 32)):
-            with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-                cfg = compose(
-                    "config", [f"model={name}", f"clip={clip}", f"data.num_classes={args.num_classes}"]
-                )
-            model = instantiate(cfg.model)
+            model = create_model(name, args.num_classes, input_variant=clip)
             macs[clip] = count_macs(model, (1, 3, frames, 224, 224)) / 1e9
         paper = PAPER_PARAMS.get(name)
         check = "—" if paper is None else f"{paper:,} {'✓' if paper == count_params(model) else '✗'}"
