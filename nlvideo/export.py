@@ -82,7 +82,8 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Runner:
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """max |out - ref| / max |ref|: one number for a whole batch of logits."""
-    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
+    out, ref = out.detach().float(), ref.detach().float()
+    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
 def _require_onnx() -> None:
