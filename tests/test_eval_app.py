@@ -37,6 +37,14 @@ def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
     top1 = 100.0 * float((scores["scores"].argmax(1) == scores["labels"].long()).float().mean())
     assert abs(top1 - metrics["top1"]) < 1e-6
 
+    # The same weights as published weights (model.pretrained=, no checkpoint=): the same scores.
+    published = tmp_path / "eval_pretrained"
+    r = run_app("eval.py", *tiny_overrides(synthetic_root), "model=c2d_nl1", f"model.pretrained={ckpt}",
+                "data.test.num_clips=3", "data.test.num_crops=2", f"hydra.run.dir={published}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    torch.testing.assert_close(torch.load(published / "scores.pt", weights_only=False)["scores"],
+                               scores["scores"], rtol=1e-5, atol=1e-6)
+
     # per-factor accuracy of the same predictions
     r = subprocess.run([sys.executable, "scripts/factor_accuracy.py", str(out)], cwd=REPO, env=app_env(),
                        capture_output=True, text=True, timeout=60)

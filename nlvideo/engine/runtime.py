@@ -20,6 +20,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from nlvideo.engine import distributed as du
@@ -81,7 +82,12 @@ def make_forward(cfg: DictConfig, device: torch.device) -> Forward:
 def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     """Instantiate ``cfg.model`` (seeded, so every rank and every rerun starts from the same weights)."""
     torch.manual_seed(int(cfg.seed))
-    net = hydra.utils.instantiate(cfg.model)
+    try:
+        net = hydra.utils.instantiate(cfg.model)
+    except InstantiationException as exc:  # Hydra wraps the builder's one-line error in a dozen
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
     net = net.to(device)
     if cfg.trainer.channels_last:
         net = to_channels_last_3d(net)

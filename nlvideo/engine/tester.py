@@ -1,7 +1,9 @@
 """The testing job (``eval.py`` is its Hydra entry point): multi-view test of a trained checkpoint.
 
     evaluate            checkpoint -> config recomposed from its overrides -> test split -> scores
-      evaluation_config   the training run's overrides, then this command's
+      weights_to_test     a train.py checkpoint, or published weights (model.pretrained=, no checkpoint=)
+      evaluation_config   the training run's overrides, then this command's; the model and input
+                          normalisation the checkpoint was trained with
       write_outputs       metrics.json, predictions.csv, scores.pt, config_resolved.yaml (rank 0)
 """
 
@@ -36,25 +38,66 @@ from nlvideo.engine.runtime import (
     setup_runtime,
     task_overrides,
 )
+from nlvideo.models import apply_pretrained_to_config
 
 log = logging.getLogger("nlvideo.eval")
 
 
 def evaluation_config(state: dict) -> DictConfig:
-    """The training run's overrides, then this command's (minus ``checkpoint=``), composed afresh."""
+    """The training run's overrides, then this command's (minus ``checkpoint=``), composed afresh; then
+    the model options and ``data.mean``/``std`` the checkpoint recorded (what it was trained with, also
+    when a pretrained file set them), except where this command sets them."""
     trained = [o for o in state.get("overrides", []) if not o.startswith("checkpoint=")]
     mine = [o for o in task_overrides() if not o.startswith("checkpoint=")]
-    return compose(config_name="config", overrides=trained + mine)
+    cfg = compose(config_name="config", overrides=trained + mine)
+    saved = state.get("config") or {}
+    if saved.get("model"):
+        _restore(cfg.model, saved["model"], "model", mine)
+        cfg.model.pretrained = None  # the checkpoint's weights replace whatever it started from
+    for key in ("mean", "std"):
+        if key in saved.get("data", {}) and not _overridden(f"data.{key}", mine):
+            cfg.data[key] = saved["data"][key]
+    if "model" not in saved:  # published weights: their options and normalisation
+        apply_pretrained_to_config(cfg, trained + mine)
+    return cfg
+
+
+def _restore(node: DictConfig, saved: dict, prefix: str, overrides: list[str]) -> None:
+    for key, value in saved.items():
+        if key not in node or _overridden(f"{prefix}.{key}", overrides):
+            continue
+        if isinstance(value, dict) and isinstance(node[key], DictConfig):
+            _restore(node[key], value, f"{prefix}.{key}", overrides)
+        else:
+            node[key] = value
+
+
+def _overridden(key: str, overrides: list[str]) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] in (key, *_parents(key)) for o in overrides)
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def weights_to_test(cfg: DictConfig) -> tuple[dict, Path]:
+    """A train.py checkpoint (``checkpoint=``), or published weights (``model.pretrained=`` alone: the
+    model builder loads them), as (checkpoint dict, path)."""
+    if cfg.checkpoint is not None:
+        path = Path(str(cfg.checkpoint))
+        return load_checkpoint_for_testing(path), path
+    if cfg.model.get("pretrained"):
+        return {"overrides": []}, Path(str(cfg.model.pretrained))
+    raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt "
+                      "(or model.pretrained=FILE to test published weights)")
 
 
 def evaluate(cfg: DictConfig) -> int:
-    """Test ``cfg.checkpoint`` on the test split; returns the process exit status."""
-    if cfg.checkpoint is None:
-        raise ConfigError("checkpoint is required: eval.py checkpoint=/path/to/checkpoint_XXXXXXXXX.pt")
+    """Test ``cfg.checkpoint`` (or published weights) on the test split; returns the exit status."""
     info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
     setup_rank_logging(info.rank)
-    path = Path(str(cfg.checkpoint))
-    state = load_checkpoint_for_testing(path)
+    state, path = weights_to_test(cfg)
     cfg = evaluation_config(state)
     validate_config(cfg, needs_train=False)
     run_dir = run_dir_of_this_job()
@@ -63,7 +106,8 @@ def evaluate(cfg: DictConfig) -> int:
     ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size))
     forward = scored_by_class_name(make_forward(cfg, device), state.get("class_names"), ds.class_names, path)
     net = build_model(cfg, device)
-    net.load_state_dict(state["model"])
+    if "model" in state:
+        net.load_state_dict(state["model"])
     log.info("testing %s (%s, iteration %d) on %d videos x %d views", path, cfg.model.name,
              state.get("iteration", -1), ds.num_videos, ds.num_views)
     agg = evaluate_dataset(net, loader, ds, forward, cfg.trainer, desc="test")

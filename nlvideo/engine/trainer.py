@@ -53,6 +53,7 @@ from nlvideo.engine.runtime import (
     task_overrides,
 )
 from nlvideo.engine.state import Meter, TrainState
+from nlvideo.models import apply_pretrained_to_config
 
 log = logging.getLogger("nlvideo.train")
 
@@ -113,6 +114,8 @@ def train(cfg: DictConfig) -> int:
     validate_config(cfg)  # every key checked before any data is read or process group formed
     info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
     setup_rank_logging(info.rank)
+    if apply_pretrained_to_config(cfg, task_overrides()):  # the weights' model options, normalisation
+        validate_config(cfg)
     run_dir = run_dir_of_this_job()
     lock = RunDirLock(run_dir, wait=bool(cfg.trainer.wait_for_run_dir))
     decide_on_main(lambda: hold(lock))  # one writer per run dir, for the whole run
