@@ -48,3 +48,20 @@ def test_topk():
     assert acc == {1: pytest.approx(0.25), 2: pytest.approx(0.5), 5: pytest.approx(1.0)}
     with pytest.raises(ValueError):
         topk_accuracy(scores, labels[:2])
+
+
+def test_ap_and_map_match_scikit_learn_on_random_scores_with_ties():
+    """Scores on 5 levels make ties everywhere; one class has no positive (excluded from the mAP)."""
+    from sklearn.metrics import average_precision_score
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (60, 8), generator=g).double() / 4
+    targets = (torch.rand(60, 8, generator=g) < 0.3).long()
+    targets[:, 7] = 0
+    targets[0, :7] = 1  # every other class has a positive
+    per = per_class_average_precision(scores, targets)
+    for k in range(7):
+        assert per[k] == pytest.approx(average_precision_score(targets[:, k], scores[:, k]), abs=1e-12)
+    assert math.isnan(per[7])
+    reference = average_precision_score(targets[:, :7], scores[:, :7], average="macro")
+    assert mean_average_precision(scores, targets) == pytest.approx(reference, abs=1e-12)
