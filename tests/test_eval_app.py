@@ -28,6 +28,12 @@ def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
     assert metrics["model"] == "c2d_nl1" and metrics["iteration"] == 2
     assert metrics["num_views"] == 6 and metrics["num_videos"] == 8 and metrics["skipped_videos"] == 0
     assert 0 <= metrics["top1"] <= 100 and "top5" not in metrics  # 4 classes: top-5 is meaningless
+    assert metrics["num_views_scored"] == 48 and metrics["loss"] > 0
+    with open(out / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert len(per_class) == 4 and sum(int(r["videos"]) for r in per_class) == 8
+    assert [float(r["top1"]) for r in per_class] == sorted(float(r["top1"]) for r in per_class)
+    assert (out / "confusion.png").stat().st_size > 5_000 and (out / "confused_pairs.csv").is_file()
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(r["video"].endswith(".mp4") for r in rows)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from nlvideo.engine import distributed as du
 from nlvideo.engine.logging import Progress
@@ -32,8 +33,16 @@ def clip_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
 
 
+def clip_losses(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """(B,) loss of each clip under the training objective (cross-entropy; binary cross-entropy averaged
+    over classes for multi-label data), so a validation loss reads on the scale of ``train/loss``."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(1)
+    return F.cross_entropy(logits, labels.long(), reduction="none")
+
+
 class VideoScoreAggregator:
-    """Running per-video sum of clip probabilities, plus each video's label."""
+    """Running per-video sum of clip probabilities, plus each video's label and the summed clip loss."""
 
     def __init__(self, num_videos: int, num_classes: int, multi_label: bool):
         self.multi_label = multi_label
@@ -43,6 +52,7 @@ class VideoScoreAggregator:
         self.label_sum = torch.zeros(label_shape, dtype=torch.float64)
         self.label_seen = torch.zeros(num_videos, dtype=torch.float64)
         self.failed = torch.zeros(num_videos, dtype=torch.float64)
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
         self.failures: dict[str, str] = {}  # path -> reason of the unreadable videos met on this rank
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, video_index: torch.Tensor,
@@ -57,6 +67,7 @@ class VideoScoreAggregator:
             return
         logits, labels, video_index = logits[keep], labels[keep], video_index[keep]
         probs = clip_probabilities(logits, self.multi_label)
+        self.loss_sum += clip_losses(logits, labels, self.multi_label).double().sum()
         self.scores.index_add_(0, video_index, probs.double())
         self.counts.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
         self.label_sum[video_index] = labels.double()  # every view of a video has the same label
@@ -69,6 +80,7 @@ class VideoScoreAggregator:
         self.failed = du.all_reduce_sum(self.failed).clamp(max=1)
         self.label_sum = du.all_reduce_sum(self.label_sum)
         self.label_seen = du.all_reduce_sum(self.label_seen)
+        self.loss_sum = du.all_reduce_sum(self.loss_sum)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(indices of videos with at least one valid clip, their mean scores, their labels)."""
@@ -82,6 +94,20 @@ class VideoScoreAggregator:
     def num_failed(self) -> int:
         """Videos none of whose clips could be decoded (skipped in the metrics)."""
         return int(((self.failed > 0) & (self.counts == 0)).sum())
+
+    @property
+    def num_views_scored(self) -> int:
+        """Clips that were decoded and scored (fewer than videos x views when some views failed)."""
+        return int(self.counts.sum())
+
+    def metrics(self) -> dict[str, float]:
+        """:func:`compute_metrics` of the per-video scores plus ``loss``, the mean loss over the scored
+        clips; empty when nothing was scored."""
+        _, scores, labels = self.result()
+        metrics = compute_metrics(scores, labels, self.multi_label)
+        if metrics:
+            metrics["loss"] = float(self.loss_sum) / self.num_views_scored
+        return metrics
 
 
 def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, multi_label: bool,

@@ -4,7 +4,8 @@
       weights_to_test     a train.py checkpoint, or published weights (model.pretrained=, no checkpoint=)
       evaluation_config   the training run's overrides, then this command's; the model and input
                           normalisation the checkpoint was trained with
-      write_outputs       metrics.json, predictions.csv, scores.pt, config_resolved.yaml (rank 0)
+      write_outputs       metrics.json, predictions.csv, scores.pt, the per-class report
+                          (engine/report.py), config_resolved.yaml (rank 0)
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from nlvideo.engine.bad_videos import BadVideoReport
 from nlvideo.engine.config import ConfigError, validate_config
 from nlvideo.engine.evaluate import (
     VideoScoreAggregator,
-    compute_metrics,
     evaluate_dataset,
     write_json,
     write_predictions,
 )
 from nlvideo.engine.logging import setup_rank_logging
+from nlvideo.engine.report import write_report
 from nlvideo.engine.runtime import (
     Forward,
     build_model,
@@ -161,21 +162,24 @@ def scored_by_class_name(forward: Forward, model_classes: list[str] | None, data
 
 def write_outputs(run_dir: Path, cfg: DictConfig, ds, agg: VideoScoreAggregator, path: Path,
                   state: dict) -> None:
-    """metrics.json, predictions.csv, scores.pt (per-video mean scores, for ensembling) and the config."""
+    """metrics.json (with the test loss and the views actually scored), predictions.csv, scores.pt
+    (per-video mean scores, for ensembling), the per-class report and the config."""
     present, scores, labels = agg.result()
     multi_label = bool(ds.multi_label)
-    metrics = compute_metrics(scores, labels, multi_label)
+    metrics = agg.metrics()
     metrics.update({"num_videos": int(len(present)), "skipped_videos": agg.num_failed,
-                    "num_views": int(ds.num_views), "checkpoint": str(path.resolve()),
+                    "num_views": int(ds.num_views), "num_views_scored": agg.num_views_scored,
+                    "checkpoint": str(path.resolve()),
                     "iteration": int(state.get("iteration", -1)), "model": str(cfg.model.name)})
     ids = [_video_id(ds, int(i)) for i in present]
     write_json(run_dir / "metrics.json", metrics)
     write_predictions(run_dir / "predictions.csv", ids, scores, labels, list(ds.class_names), multi_label)
     torch.save({"video": ids, "scores": scores, "labels": labels, "class_names": list(ds.class_names)},
                run_dir / "scores.pt")
+    write_report(run_dir, scores, labels, list(ds.class_names), multi_label)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("test: %s  (%d videos, %d skipped) -> %s", "  ".join(
-        f"{k} {metrics[k]:.2f}" for k in ("top1", "top5", "mAP") if k in metrics),
+        f"{k} {metrics[k]:.2f}" for k in ("top1", "top5", "mAP", "loss") if k in metrics),
         len(present), agg.num_failed, run_dir / "metrics.json")
 
 
