@@ -6,9 +6,20 @@
 # Every argument is a Hydra override for train.py. The run directory is fixed per job
 # (RUN_DIR, default outputs/slurm/<job id>), so when the job is requeued -- after preemption or by the
 # time-limit handler below -- train.py (trainer.resume=auto) continues from its newest valid checkpoint.
+# A requeued job can start while the old one's workers are still writing their last checkpoint, so
+# train.py waits for the run dir (trainer.wait_for_run_dir=true) instead of refusing it.
+# Workers per node: NPROC_PER_NODE, default the node's GPUs (SLURM_GPUS_ON_NODE, else nvidia-smi). A
+# CPU-only node needs it set; its workers then use gloo (tests/test_slurm.py, docs/training.md#slurm):
+#   NPROC_PER_NODE=2 sbatch --gpus-per-node=0 --cpus-per-task=2 scripts/slurm_train.sh ...
 # Time limit: SLURM sends SIGUSR1 to this batch shell 180 s before the end (--signal=B:USR1@180); we
-# requeue the job and forward SIGTERM through srun to torchrun, which forwards it to the workers; they
-# write a checkpoint at the next iteration boundary and exit with status 0.
+# send SIGTERM to the job's steps (scancel --signal=TERM; srun would turn a SIGTERM of its own into
+# SIGKILL for its tasks), which reaches torchrun and the workers on every node. The workers write a
+# checkpoint at the next iteration boundary and exit with status 0; torchrun waits
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT s for them before SIGKILL (torch releases that do not read it: 30 s).
+# Then we requeue the job. Requeueing first would leave the checkpoint only SLURM's KillWait (default
+# 30 s): a requeue kills the running job.
+# Preemption by requeue (`scontrol requeue`, PreemptMode=REQUEUE) sends SIGTERM to every process of the
+# job itself; the workers checkpoint the same way, and our own requeue then has nothing left to do.
 #SBATCH --job-name=nlvideo
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -22,34 +33,46 @@
 #SBATCH --output=slurm-%j.out
 
 set -euo pipefail
-GPUS_PER_NODE=${GPUS_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+NPROC_PER_NODE=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}}
+if [[ "${NPROC_PER_NODE}" -lt 1 ]]; then
+  echo "[slurm_train] no GPU on $(hostname): set NPROC_PER_NODE=N for N CPU worker processes (gloo)" >&2
+  exit 2
+fi
 RUN_DIR=${RUN_DIR:-outputs/slurm/${SLURM_JOB_ID}}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-150}  # < the 180 s of --signal
 
-requeue() {
-  echo "[slurm_train] $(date) time limit near: requeue job ${SLURM_JOB_ID} and stop the workers"
-  scontrol requeue "${SLURM_JOB_ID}" || true
-  kill -TERM "${SRUN_PID}" 2>/dev/null || true
+STOPPED_BY=""
+stop_workers() {
+  if [[ -z "${STOPPED_BY}" ]]; then
+    STOPPED_BY=$1
+    echo "[slurm_train] $(date) SIG$1: stop the workers (they checkpoint), then requeue job ${SLURM_JOB_ID}"
+    scancel --signal=TERM "${SLURM_JOB_ID}" || true
+  fi
 }
-trap requeue USR1 TERM
+trap 'stop_workers USR1' USR1
+trap 'stop_workers TERM' TERM
 
-echo "[slurm_train] job ${SLURM_JOB_ID}: ${SLURM_JOB_NUM_NODES} node(s) x ${GPUS_PER_NODE} GPU(s), run dir ${RUN_DIR}"
+echo "[slurm_train] job ${SLURM_JOB_ID}: ${SLURM_JOB_NUM_NODES} node(s) x ${NPROC_PER_NODE} worker(s), run dir ${RUN_DIR}"
 srun --kill-on-bad-exit=1 torchrun \
   --nnodes="${SLURM_JOB_NUM_NODES}" \
-  --nproc_per_node="${GPUS_PER_NODE}" \
+  --nproc_per_node="${NPROC_PER_NODE}" \
   --rdzv_id="${SLURM_JOB_ID}" \
   --rdzv_backend=c10d \
   --rdzv_endpoint="${MASTER_ADDR}:${MASTER_PORT}" \
-  train.py hydra.run.dir="${RUN_DIR}" "$@" &
+  train.py hydra.run.dir="${RUN_DIR}" trainer.wait_for_run_dir=true "$@" &
 SRUN_PID=$!
-# `wait` returns early (status > 128) when a trapped signal arrives; then wait for srun's shutdown.
 set +e
 wait "${SRUN_PID}"
 status=$?
-if kill -0 "${SRUN_PID}" 2>/dev/null; then
+while kill -0 "${SRUN_PID}" 2>/dev/null; do  # a trapped signal ended `wait` early: srun is still stopping
   wait "${SRUN_PID}"
   status=$?
+done
+if [[ -n "${STOPPED_BY}" ]]; then
+  echo "[slurm_train] $(date) workers stopped (status ${status}): requeue job ${SLURM_JOB_ID}"
+  scontrol requeue "${SLURM_JOB_ID}" || true
 fi
 exit "${status}"
