@@ -80,3 +80,21 @@ def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
                 "trainer.eval_period=0", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return run_dir / "checkpoints" / "checkpoint_000000002.pt"
+
+
+@pytest.fixture(scope="session")
+def two_runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    """Two finished train.py runs, ``c2d`` and ``c2d_nl1`` (width 8, 2 epochs x 2 iterations, validated
+    after each epoch), in one folder: what nlvideo.compare and TensorBoard are shown."""
+    from tests.test_train_run import run_app, tiny_overrides
+
+    base = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for model in ("c2d", "c2d_nl1"):
+        run_dir = base / model
+        r = run_app("train.py", f"model={model}", *tiny_overrides(synthetic_root), "trainer.epochs=2",
+                    "trainer.debug.max_iters_per_epoch=2", "trainer.deterministic=false",
+                    f"hydra.run.dir={run_dir}")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        runs[model] = run_dir
+    return runs

@@ -1,20 +1,28 @@
-"""Run comparison and attention visualisation on the outputs of two tiny real training runs."""
+"""Run comparison and attention visualisation: real tiny training runs, and run directories made like
+train.py makes them (a composed ``config_resolved.yaml``, events written by the trainer's TensorBoard
+class) for the grouping matrix, which would take minutes to train."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
-from nlvideo.compare import compare, find_event_dirs, load_run
+import nlvideo.data.config  # noqa: F401  (the resolvers of the data configs)
+from nlvideo.compare import compare, find_event_dirs, load_run, main
 from nlvideo.data import build_dataset
+from nlvideo.engine.logging import TensorBoard
 from nlvideo.models import build_video_resnet
 from nlvideo.visualize import block_attention, load_clip, render
-from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
+from tests.test_train_run import REPO, app_env
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -26,23 +34,6 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-QUICK = ["trainer.epochs=2", "trainer.debug.max_iters_per_epoch=2", "trainer.deterministic=false"]
-
-
-@pytest.fixture(scope="module")
-def two_runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for model in ("c2d", "c2d_nl1"):
-        run_dir = base / model
-        r = run_app(
-            "train.py", f"model={model}", *tiny_overrides(synthetic_root), *QUICK, f"hydra.run.dir={run_dir}"
-        )
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        runs[model] = run_dir
-    return runs
 
 
 def test_compare_writes_curves_png_and_table_with_both_runs(two_runs, tmp_path):
@@ -75,9 +66,137 @@ def test_runs_of_different_lengths_and_in_progress_runs_are_compared(two_runs, t
     writer = SummaryWriter(str(partial))
     writer.add_scalar("train/top1", 20.0, 1)
     writer.flush()  # not closed: like a live run
-    png, md = compare([*two_runs.values(), partial.parent], tmp_path / "out")
+    png, md, _, _ = compare([*two_runs.values(), partial.parent], tmp_path / "out")
     assert png.is_file() and "| partial | ? | 1 | 1 |" in md.read_text()
     writer.close()
+
+
+def test_a_run_without_config_file_is_grouped_by_its_checkpoints_config(two_runs, tmp_path):
+    """A run directory copied without config_resolved.yaml: the newest checkpoint's config stands in,
+    so it averages with the run it copies (same configuration, same seed)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(two_runs["c2d"], copy)
+    (copy / "config_resolved.yaml").unlink()
+    assert load_run(copy / "tb").settings == load_run(two_runs["c2d"] / "tb").settings
+    _, md, groups, warnings = compare([two_runs["c2d"], copy, two_runs["c2d_nl1"]], tmp_path / "out")
+    assert {label: len(runs) for label, runs in groups.items()} == {"c2d": 2, "c2d_nl1": 1}
+    assert warnings == []
+
+
+def fake_run(root: Path, name: str, *overrides: str, params_m: float = 0.5, final: float = 40.0) -> Path:
+    """A run directory as train.py writes it: the composed, resolved config and TensorBoard events (the
+    trainer's hparams, train/val curves) of 3 validations; ``final`` is the last validation metric."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tb = TensorBoard(str(run_dir / "tb"))
+    num_nl = len(cfg.model["nonlocal"].positions)
+    tb.hparams({"model": cfg.model.name, "num_nonlocal": num_nl, "params_M": params_m, "gflops": 2 * params_m,
+                "global_batch": int(cfg.data.batch_size)}, ["val/top1"])
+    metric = "val/mAP" if cfg.data.multi_label else "val/top1"
+    for step, value in zip((10, 20, 30), (final - 20, final - 10, final), strict=True):
+        tb.scalars({"train/top1": value + 5, "train/clips_per_s": 50.0, metric: value}, step)
+    tb.close()
+    return run_dir
+
+
+def run_compare(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``python -m nlvideo.compare ARGS`` in this process (a subprocess re-imports torch: seconds)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def table_rows(md: Path) -> dict[str, list[str]]:
+    rows = [line.split("|")[1:-1] for line in md.read_text().splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_runs_are_grouped_by_the_configuration_that_differs_and_seeds_average(tmp_path, capsys):
+    """The issue's case: i3d_nl5 runs differing in width, crop, clip, instantiation, lr were averaged
+    into one curve with one run's parameters and another's FLOPs. Only the seed (and settings that
+    change no result: data.root, threads) may average."""
+    base = ["model=i3d_nl5", "model.width=8"]
+    runs = [
+        fake_run(tmp_path, "seed0", *base, "seed=0", final=40.0),
+        fake_run(tmp_path, "seed1", *base, "seed=1", "data.root=/elsewhere", "trainer.cpu_threads=1",
+                 final=50.0),
+        fake_run(tmp_path, "dot", *base, "model.nonlocal.instantiation=dot_product", params_m=0.54),
+        fake_run(tmp_path, "wide", "model=i3d_nl5", params_m=35.4),
+        fake_run(tmp_path, "crop", *base, "data.train_crop_size=56"),
+        fake_run(tmp_path, "clip", *base, "clip=32x2"),
+        fake_run(tmp_path, "lr", *base, "optim.lr=0.02"),
+        fake_run(tmp_path, "nl0", "model=i3d", "model.width=8", params_m=0.44),
+        fake_run(tmp_path, "nl10", "model=i3d_nl10", "model.width=8", params_m=0.67),
+    ]
+    result = run_compare(capsys, *map(str, runs), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    rows = table_rows(tmp_path / "out" / "table.md")
+    assert list(rows) == ["i3d_nl5 · width=8", "i3d_nl5 · width=8 · dot_product", "i3d_nl5 · width=64",
+                          "i3d_nl5 · width=8 · train_crop_size=56", "i3d_nl5 · width=8 · 32x2",
+                          "i3d_nl5 · width=8 · lr=0.02", "i3d · width=8", "i3d_nl10 · width=8"]
+    # columns: #NL, runs, last iteration, final, best, final train err, params (M), GFLOPs, clips/s
+    seeds = rows["i3d_nl5 · width=8"]
+    assert seeds[:4] == ["5", "2", "30", "45.0 ± 7.1"]
+    assert rows["i3d_nl5 · width=64"][1] == "1"
+    params = {label: row[6] for label, row in rows.items()}  # each group's own runs
+    assert params["i3d_nl5 · width=64"] == "35.40" and params["i3d_nl5 · width=8 · dot_product"] == "0.54"
+    assert params["i3d · width=8"] == "0.44" and rows["i3d · width=8"][7] == "0.88"
+    assert params["i3d_nl5 · width=8"] == "0.50"
+    assert "i3d_nl5 · width=8: " + ", ".join(str(tmp_path / n) for n in ("seed0", "seed1")) in result.stdout
+    links = sorted(p.name for p in (tmp_path / "out" / "tensorboard").iterdir())
+    assert "i3d_nl5 · width=8 · seed 0" in links and "i3d_nl5 · width=64" in links and len(links) == 9
+
+
+def test_runs_on_different_datasets_are_kept_apart_with_a_loud_warning(tmp_path, capsys):
+    runs = [fake_run(tmp_path, "synthetic", "model=i3d_nl5", "seed=0"),
+            fake_run(tmp_path, "kinetics", "model=i3d_nl5", "data=kinetics400", "data.root=/data/k400")]
+    result = run_compare(capsys, *map(str, runs), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "compare: WARNING: runs on different datasets: synthetic (1 run(s): synthetic); kinetics400" in (
+        result.stderr)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.startswith("> **Warning**: runs on different datasets")
+    assert list(table_rows(tmp_path / "out" / "table.md")) == ["i3d_nl5 · synthetic", "i3d_nl5 · kinetics400"]
+
+
+def test_runs_with_different_metrics_are_refused(tmp_path, capsys):
+    """A Charades-style mAP run and a top-1 run must never share a curve or an axis."""
+    top1 = fake_run(tmp_path, "top1", "model=c2d_nl5")
+    mean_ap = fake_run(tmp_path, "map", "model=c2d_nl5", "data=synthetic_charades")
+    result = run_compare(capsys, str(top1), str(mean_ap), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(rf"report different validation metrics .*top-1: {top1}; mAP: {mean_ap}\. Compare them "
+                     "separately", result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_group_by_and_label_override_the_grouping_and_say_what_they_average(tmp_path, capsys):
+    narrow = fake_run(tmp_path / "sweep", "narrow", "model=c2d_nl5", "model.width=8", final=30.0)
+    wide = fake_run(tmp_path / "sweep", "wide", "model=c2d_nl5", final=50.0)
+    base = fake_run(tmp_path, "baseline", "model=c2d", "model.width=8")
+    result = run_compare(capsys, str(tmp_path / "sweep"), str(base), "--group-by", "model.name",
+                        "--out", str(tmp_path / "by_model"))
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(tmp_path / "by_model" / "table.md")
+    assert list(rows) == ["c2d_nl5", "c2d"] and rows["c2d_nl5"][1:4] == ["2", "30", "40.0 ± 14.1"]
+    assert "WARNING: 'c2d_nl5' averages 2 runs that differ in model.width (64, 8)" in result.stderr
+
+    result = run_compare(capsys, str(narrow), str(wide), str(base), "--label", f"{base}=C2D (ours)",
+                        "--label", f"{tmp_path / 'sweep'}=NL5, both widths",
+                        "--out", str(tmp_path / "labelled"))
+    assert result.returncode == 0, result.stderr
+    assert list(table_rows(tmp_path / "labelled" / "table.md")) == ["NL5, both widths", "C2D (ours)"]
+
+    result = run_compare(capsys, str(base), "--group-by", "model.widht", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--group-by model.widht: no run has this setting" in result.stderr
 
 
 def test_directory_without_event_files_is_a_clear_error(two_runs, tmp_path):
