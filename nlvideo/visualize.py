@@ -20,12 +20,16 @@ import argparse
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.models.nonlocal_block import NonLocalBlock
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -91,23 +95,24 @@ def block_attention(
             _, maps = model(clip.unsqueeze(0), return_attention=True)
     finally:
         hook.remove()
-    x, z = seen["x"][0], seen["z"][0]
+    x, z = seen["x"][0].cpu(), seen["z"][0].cpu()
     grid = tuple(x.shape[1:])
     with torch.no_grad():
-        key_grid = tuple(nl.phi(x[None]).shape[2:])  # phi is the (pooled) key embedding, or the input
+        key_grid = tuple(nl.phi(seen["x"]).shape[2:])  # phi is the (pooled) key embedding, or the input
     if query is None:  # where the block changes the features most
         response = (z - x).norm(dim=0)
         query = tuple(int(i) for i in np.unravel_index(int(response.argmax()), grid))
     if len(query) != 3 or any(not 0 <= q < g for q, g in zip(query, grid, strict=True)):
         raise ValueError(f"query {query} outside the block's feature grid (T, H, W) = {grid}")
-    row = maps[name][0, int(np.ravel_multi_index(query, grid))]
+    row = maps[name][0, int(np.ravel_multi_index(query, grid))].cpu()
     if nl.instantiation not in ("gaussian", "embedded_gaussian"):
         row = row.abs() / row.abs().sum().clamp_min(1e-12)
     return Attention(name, nl.instantiation, query, grid, row.reshape(key_grid).numpy())
 
 
-def render(frames: np.ndarray, att: Attention, out: str | Path, topk: int = 5, title: str = "") -> Path:
-    """Frames of the clip with the attention heat map, the query (cross) and top-k keys (circles)."""
+def attention_figure(frames: np.ndarray, att: Attention, topk: int = 5, title: str = "") -> Figure:
+    """A matplotlib figure of the clip's frames with the attention heat map, the query (cross) and the
+    top-k keys (circles): saved by :func:`render`, sent to TensorBoard by the trainer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +152,14 @@ def render(frames: np.ndarray, att: Attention, out: str | Path, topk: int = 5, t
         title or f"{att.block} ({att.instantiation}): query (t,y,x)={att.query}, top-{topk} keys", fontsize=9
     )
     fig.tight_layout()
+    return fig
+
+
+def render(frames: np.ndarray, att: Attention, out: str | Path, topk: int = 5, title: str = "") -> Path:
+    """:func:`attention_figure` written to ``out`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = attention_figure(frames, att, topk, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -3,10 +3,11 @@
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from nlvideo.engine.optim import build_optimizer, build_scheduler, lr_factor_fn, scaled_lr
+from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, lr_factor_fn, scaled_lr
 
 BASE = dict(lr=0.01, reference_batch_size=64, linear_scaling=True, momentum=0.9, nesterov=True,
             weight_decay=1e-4, bn_weight_decay=False, bias_weight_decay=False, clip_grad_norm=None,
@@ -83,3 +84,20 @@ def test_adamw_option_keeps_the_decay_groups_and_scaled_rate():
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.99)
     assert opt.defaults["lr"] == pytest.approx(0.001)
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.5])
+def test_clip_gradients_returns_the_norm_before_clipping_whether_it_clips_or_not(max_norm):
+    """train/grad_norm is this value; without clipping the gradients are left exactly as they are."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    net(torch.ones(2, 4)).sum().backward()
+    net[0].bias.grad = None  # parameters without a gradient do not count
+    grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    expected = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    norm = clip_gradients(net, max_norm)
+    assert isinstance(norm, torch.Tensor) and float(norm) == pytest.approx(expected, rel=1e-6)
+    after = [p.grad for p in net.parameters() if p.grad is not None]
+    if max_norm is None:
+        assert all(torch.equal(a, b) for a, b in zip(grads, after, strict=True))
+    else:
+        assert float(torch.stack([g.norm() for g in after]).norm()) == pytest.approx(max_norm, rel=1e-4)

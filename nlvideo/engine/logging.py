@@ -4,17 +4,27 @@
   otherwise plain ``logging`` lines every ``log_period`` iterations (cluster logs stay readable).
   ``trainer.progress`` forces ``bar``, ``lines`` or ``off``. Ranks other than 0 are silent.
 * :class:`TensorBoard` is a ``SummaryWriter`` on rank 0 and a no-op elsewhere.
+* :func:`write_history_row` keeps ``metrics.csv``, one row per validation, so the history of a run
+  survives outside TensorBoard (a spreadsheet, pandas).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from nlvideo.engine import distributed as du
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("nlvideo")
 
@@ -107,6 +117,11 @@ class TensorBoard:
 
             self.writer = SummaryWriter(log_dir=log_dir)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is written (callers skip work whose only output is TensorBoard)."""
+        return self.writer is not None
+
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
             return
@@ -129,6 +144,19 @@ class TensorBoard:
         for summary in (exp, ssi, sei):
             fw.add_summary(summary)
 
+    def figure(self, tag: str, figure: Figure, step: int) -> None:
+        """A matplotlib figure as an image (IMAGES tab); the figure is closed."""
+        if self.writer is not None:
+            self.writer.add_figure(tag, figure, step, close=True)
+
+    def layout(self, charts: dict[str, dict[str, list[str]]]) -> None:
+        """A CUSTOM SCALARS layout: {category: {chart title: [tag regexes]}}, one multi-line chart per
+        title with every run's matching tags. TensorBoard merges the layouts of all runs it shows."""
+        if self.writer is not None:
+            self.writer.add_custom_scalars({
+                category: {title: ["Multiline", tags] for title, tags in group.items()}
+                for category, group in charts.items()})
+
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
@@ -137,3 +165,32 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def gpu_memory_gib(device: torch.device) -> dict[str, float]:
+    """Peak allocated (since the previous call) and reserved CUDA memory of ``device`` in GiB; ``{}``
+    on other devices."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"gpu/max_allocated_GiB": peak, "gpu/reserved_GiB": torch.cuda.memory_reserved(device) / 2**30}
+
+
+def write_history_row(path: Path, row: dict[str, Any]) -> None:
+    """Add ``row`` to the CSV at ``path``, replacing rows of the same or a later ``iteration`` (a run
+    resumed from before a validation it had logged repeats that validation: it stays one row). New
+    columns widen the header; the file is replaced atomically."""
+    rows: list[dict[str, Any]] = []
+    columns = list(row)
+    if path.is_file():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if int(r["iteration"]) < int(row["iteration"])]
+            columns = list(reader.fieldnames or []) + [c for c in row if c not in (reader.fieldnames or [])]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows([*rows, row])
+    os.replace(tmp, path)

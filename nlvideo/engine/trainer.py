@@ -1,12 +1,15 @@
 """The training job, top to bottom (``train.py`` is its Hydra entry point; docs/training.md the guide).
 
-    train               check config -> data -> Loop (model, optimizer, schedule) -> resume -> epochs
+    train               check config -> lock the run dir (run_lock) -> data (same on every rank) ->
+                        Loop (model, optimizer, schedule) -> resume -> epochs
       build_loop        model (+ fine-tuning weights, SyncBN, DDP, compile), optimizer, schedule, scaler
-      start_or_resume   newest valid checkpoint of the run dir (or trainer.resume=PATH) -> TrainState
+      start_or_resume   newest valid checkpoint of the run dir (or trainer.resume=PATH) -> TrainState;
+                        refuses what would mix two runs (checkpoint_to_resume, check_resumable)
       run_epochs        per epoch: train_one_epoch, then validate, then an epoch-end checkpoint
         train_one_epoch   the steps of one epoch, logging and mid-epoch checkpoints
           train_step        forward, loss, one all-reduce (loss, hits, stop signal, bad videos), update
-        validate          precise BN, multi-view validation, best metric, metrics.json
+        validate          precise BN, multi-view validation, best metric, metrics.json, metrics.csv,
+                          the attention of one NL block (TensorBoard)
       save              a checkpoint of the Loop's weights and the TrainState (collective; rank 0 writes)
 
 What stays fixed while training runs is one :class:`Loop`; where the run stands (epoch, step,
@@ -33,9 +36,15 @@ from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
 from nlvideo.engine.config import ConfigError, validate_config
-from nlvideo.engine.evaluate import compute_metrics, evaluate_dataset, write_json
+from nlvideo.engine.evaluate import evaluate_dataset, write_json
 from nlvideo.engine.faults import FaultInjection
-from nlvideo.engine.logging import Progress, TensorBoard, setup_rank_logging
+from nlvideo.engine.logging import (
+    Progress,
+    TensorBoard,
+    gpu_memory_gib,
+    setup_rank_logging,
+    write_history_row,
+)
 from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, restore_schedule
 from nlvideo.engine.precise_bn import update_bn_stats
 from nlvideo.engine.preemption import PreemptionHandler
@@ -355,9 +364,20 @@ def write_run_files(loop: Loop, train_ds) -> None:
          "schedule": cfg.optim.schedule, "data": cfg.data.get("name", "?")},
         ["val/mAP"] if loop.multi_label else ["val/top1", "val/top5"],
     )
+    loop.tb.layout(comparison_layout(loop.multi_label))
     log.info("model %s: %.2fM params, %.1f GFLOPs/clip, %d non-local block(s); %d iters/epoch, "
              "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
              loop.iters_per_epoch, loop.num_epochs, loop.total_iters)
+
+
+def comparison_layout(multi_label: bool) -> dict[str, dict[str, list[str]]]:
+    """TensorBoard's CUSTOM SCALARS page: the curves the paper compares (its Figure 4), every run on the
+    same charts. The SCALARS page sorts its cards by tag and opens on ``data/`` and throughput."""
+    val = "val/mAP" if multi_label else "val/top1"
+    charts = {"train top-1 (%)": [r"^train/top1$"]} if not multi_label else {}
+    charts.update({f"{val} (%)": [f"^{val}$"], "loss (train, val)": [r"^(train|val)/loss$"],
+                   "learning rate": [r"^train/lr$"]})
+    return {"baseline vs non-local": charts}
 
 
 def keep_config_history(path: Path, text: str) -> None:
@@ -424,7 +444,7 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     t = loop.cfg.trainer
     steps = loop.steps_in_epoch(state.epoch)
     every, log_period = int(t.checkpoint.every_iters), int(t.log_period)
-    window = Meter()
+    window, grad_norms = Meter(), []
     loop.model.train()
     progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=log_period,
                         desc=f"epoch {state.epoch + 1}/{loop.num_epochs}", initial=state.step)
@@ -436,16 +456,17 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
             log.warning("training loader ended after %d of %d steps", step, steps)
             break
         data_time = time.perf_counter() - tic
-        reduced, lr = train_step(loop, state, batch, steps)
+        reduced, lrs, grad_norm = train_step(loop, state, batch, steps)
+        grad_norms.append(grad_norm)
         state.step = step + 1
         iter_time = time.perf_counter() - tic
         window.add(reduced, data_time, iter_time)
         state.epoch_sum.add(reduced, data_time, iter_time)
-        progress.update(it=state.iteration, loss=float(reduced[0] / reduced[2]), lr=lr,
+        progress.update(it=state.iteration, loss=float(reduced[0] / reduced[2]), lr=lrs[0],
                         clips_s=window.n / max(window.time, 1e-9))  # the window's, as TensorBoard's
         if window.iters >= log_period or state.step == steps:
-            log_window(loop, window, lr, state.iteration)
-            window = Meter()
+            log_window(loop, window, lrs, grad_norms, state.iteration)
+            window, grad_norms = Meter(), []
         if reduced[3] > 0:
             progress.close()
             return True
@@ -457,9 +478,11 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     return False
 
 
-def train_step(loop: Loop, state: TrainState, batch: dict, steps: int) -> tuple[torch.Tensor, float]:
+def train_step(loop: Loop, state: TrainState, batch: dict,
+               steps: int) -> tuple[torch.Tensor, list[float], torch.Tensor]:
     """One optimizer step on ``batch``. Returns the all-reduced (loss x clips, top-1 hits, clips, stop
-    requests, new unreadable videos, replaced reads) and the learning rate the step used."""
+    requests, new unreadable videos, replaced reads), the learning rate of each parameter group the
+    step used and the gradient norm before clipping."""
     new_bad = loop.bad_videos.new(batch.get("failures") or [])
     logits = loop.forward(loop.model, batch["clip"])
     labels = batch["label"].to(logits.device, non_blocking=True)
@@ -479,45 +502,56 @@ def train_step(loop: Loop, state: TrainState, batch: dict, steps: int) -> tuple[
             f"loss is {loss_avg} at iteration {state.iteration + 1} (epoch {state.epoch + 1}, step "
             f"{state.step + 1}/{steps}); stopping. Last good checkpoint: {last or 'none'}. Try a lower "
             "optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
-    update_weights(loop, loss)
-    lr = loop.optimizer.param_groups[0]["lr"]
+    grad_norm = update_weights(loop, loss)
+    lrs = [group["lr"] for group in loop.optimizer.param_groups]
     loop.scheduler.step()
     state.iteration += 1
-    return reduced, lr
+    return reduced, lrs, grad_norm
 
 
-def update_weights(loop: Loop, loss: torch.Tensor) -> None:
-    """Backward, gradient clipping and the optimizer step (through the AMP scaler when there is one)."""
+def update_weights(loop: Loop, loss: torch.Tensor) -> torch.Tensor:
+    """Backward, gradient clipping and the optimizer step (through the AMP scaler when there is one).
+    Returns the gradient norm before clipping (inf or NaN on an fp16 step the scaler skips)."""
     max_norm = loop.cfg.optim.clip_grad_norm
     loop.optimizer.zero_grad(set_to_none=True)
     if loop.scaler is None:
         loss.backward()
-        clip_gradients(loop.model, max_norm)
+        grad_norm = clip_gradients(loop.model, max_norm)
         loop.optimizer.step()
-        return
+        return grad_norm
     loop.scaler.scale(loss).backward()
-    if max_norm:
-        loop.scaler.unscale_(loop.optimizer)
-    clip_gradients(loop.model, max_norm)
+    loop.scaler.unscale_(loop.optimizer)  # the norm is of the true gradients; step() then unscales no more
+    grad_norm = clip_gradients(loop.model, max_norm)
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
+    return grad_norm
 
 
-def log_window(loop: Loop, window: Meter, lr: float, iteration: int) -> None:
-    scalars = {"train/loss": window.loss / window.n, "train/lr": lr,
+def log_window(loop: Loop, window: Meter, lrs: list[float], grad_norms: list[torch.Tensor],
+               iteration: int) -> None:
+    """The logging window's means: loss, top-1, throughput, the learning rate (``train/lr`` is group 0's,
+    ``train/lr/group<i>`` each group's), the gradient norm before clipping (steps the fp16 scaler
+    skipped left out) and, on CUDA, the peak memory since the previous window."""
+    if not loop.tb.enabled:
+        return
+    scalars = {"train/loss": window.loss / window.n, "train/lr": lrs[0],
                "train/clips_per_s": window.n / max(window.time, 1e-9),
                "train/data_time_frac": window.data_time / max(window.time, 1e-9)}
     if not loop.multi_label:
         scalars["train/top1"] = 100.0 * window.correct / window.n
+    scalars.update({f"train/lr/group{i}": lr for i, lr in enumerate(lrs)})
+    finite = [n for n in torch.stack(grad_norms).tolist() if math.isfinite(n)]
+    if finite:
+        scalars["train/grad_norm"] = sum(finite) / len(finite)
+    scalars.update(gpu_memory_gib(next(loop.net.parameters()).device))
     loop.tb.scalars(scalars, iteration)
 
 
 def log_epoch(loop: Loop, state: TrainState) -> None:
     """The epoch's totals (carried through mid-epoch checkpoints, so a resumed epoch counts whole)."""
     total = state.epoch_sum
-    summary = {"train/epoch_loss": total.loss / max(total.n, 1.0), "data/skipped_videos": int(total.skipped)}
-    if not loop.multi_label:
-        summary["train/epoch_top1"] = 100.0 * total.correct / max(total.n, 1.0)
+    summary = {f"train/{k}": v for k, v in epoch_totals(loop, total).items()}
+    summary["data/skipped_videos"] = int(total.skipped)
     loop.tb.scalars(summary, state.iteration)
     top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
     log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
@@ -525,9 +559,17 @@ def log_epoch(loop: Loop, state: TrainState) -> None:
              state.iteration, summary["train/epoch_loss"], top1, int(total.skipped), loop.bad_videos.count)
 
 
+def epoch_totals(loop: Loop, total: Meter) -> dict[str, float]:
+    """The epoch's mean training loss and (single-label) top-1 so far."""
+    totals = {"epoch_loss": total.loss / max(total.n, 1.0)}
+    if not loop.multi_label:
+        totals["epoch_top1"] = 100.0 * total.correct / max(total.n, 1.0)
+    return totals
+
+
 def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) -> None:
-    """Precise BN, multi-view validation of the whole split (same metrics on every rank), best metric,
-    ``metrics.json``."""
+    """Precise BN, multi-view validation of the whole split (same metrics on every rank, with the
+    validation loss), best metric, ``metrics.json``, a row of ``metrics.csv``, one NL block's attention."""
     t = loop.cfg.trainer
     if t.precise_bn.enabled:
         train_sampler.set_epoch(state.epoch, start=0)
@@ -540,21 +582,53 @@ def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) ->
     val_ds, _, val_loader = val
     agg = evaluate_dataset(loop.net, val_loader, val_ds, loop.forward, t, desc="val")
     loop.bad_videos.update(loop.bad_videos.new(agg.failures.items()), "skipped in validation")
-    _, scores, labels = agg.result()
-    metrics = compute_metrics(scores, labels, loop.multi_label)
+    metrics = agg.metrics()
     if not metrics:
         log.error("validation scored no video (%d unreadable): no val/%s this epoch", agg.num_failed,
                   "mAP" if loop.multi_label else "top1")
     metrics["skipped_videos"] = float(agg.num_failed)
     loop.tb.scalars({f"val/{k}": v for k, v in metrics.items()}, state.iteration)
+    log_attention(loop, val_ds, state.iteration)
     key = "mAP" if loop.multi_label else "top1"
     if key in metrics and (state.best is None or metrics[key] > state.best):
         state.best = metrics[key]
     if du.is_main_process():
         write_json(loop.run_dir / "metrics.json", {"epoch": state.epoch + 1, "iteration": state.iteration,
                                                    "best": state.best, **metrics})
+        write_history_row(loop.run_dir / "metrics.csv", validation_row(loop, state, metrics))
         log.info("epoch %d/%d validation: %s", state.epoch + 1, loop.num_epochs,
                  "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+
+
+def validation_row(loop: Loop, state: TrainState, metrics: dict[str, float]) -> dict[str, object]:
+    """One row of ``metrics.csv``: when, the epoch's training totals, the validation metrics, the best."""
+    return {"epoch": state.epoch + 1, "iteration": state.iteration,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **{f"train_{k}": v for k, v in epoch_totals(loop, state.epoch_sum).items()},
+            **{f"val_{k}": v for k, v in metrics.items()}, "best": state.best}
+
+
+def log_attention(loop: Loop, val_ds, iteration: int) -> None:
+    """The last NL block's attention on the centre view of validation video 0, as an image
+    (``val/attention``): the same clip every validation, so the images show what the block learns.
+    The query is where the block changes the features most (:func:`nlvideo.visualize.block_attention`).
+    The model runs in eval mode with no gradient, so training is unaffected; a failure is a warning."""
+    if not loop.tb.enabled or not loop.net.nonlocal_blocks():
+        return
+    from nlvideo.visualize import attention_figure, block_attention, load_clip
+
+    path, was_training = val_ds.records[0].path, loop.net.training
+    loop.net.eval()
+    try:
+        clip, frames = load_clip(path, loop.cfg.data)
+        att = block_attention(loop.net, clip.to(next(loop.net.parameters()).device))
+    except Exception as exc:  # noqa: BLE001 - a picture for TensorBoard must never stop a training run
+        log.warning("no attention image this validation (%s: %s)", type(exc).__name__, exc)
+        return
+    finally:
+        loop.net.train(was_training)
+    title = f"{Path(path).name}: {att.block} ({att.instantiation}), query {att.query}, iteration {iteration}"
+    loop.tb.figure("val/attention", attention_figure(frames, att, title=title), iteration)
 
 
 def save(loop: Loop, state: TrainState) -> Path | None:

@@ -1,0 +1,141 @@
+"""What TensorBoard shows of a training run: the curves, gradient norm, learning rates, validation loss,
+the attention image, the comparison layout, and ``metrics.csv``; read from the event files and back
+through a real ``tensorboard`` server's HTTP data API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nlvideo.compare import compare
+from nlvideo.engine.logging import write_history_row
+from tests.test_train_run import app_env
+
+
+def events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_logs_gradient_norm_learning_rates_validation_loss_and_attention(two_runs):
+    acc = events(two_runs["c2d_nl1"])
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/grad_norm", "train/lr/group0", "train/lr/group1", "val/loss", "val/top1"} <= tags
+    assert not any(t.startswith("gpu/") for t in tags)  # CPU: no GPU memory
+    norms = acc.Scalars("train/grad_norm")
+    assert [e.step for e in norms] == [1, 2, 3, 4] and all(0 < e.value < 1e3 for e in norms)
+    assert [e.value for e in acc.Scalars("train/lr/group0")] == [e.value for e in acc.Scalars("train/lr")]
+    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
+    assert all(0 < e.value < 10 for e in acc.Scalars("val/loss"))
+
+    images = acc.Images("val/attention")  # every validation, the same clip
+    assert [i.step for i in images] == [2, 4]
+    picture = Image.open(io.BytesIO(images[-1].encoded_image_string))
+    assert picture.size[0] > 4 * picture.size[1]  # a strip of the clip's 8 frames
+    assert "val/attention" not in events(two_runs["c2d"]).Tags()["images"]  # no NL block, no picture
+
+
+def test_metrics_csv_has_one_row_per_validation(two_runs):
+    rows = read_rows(two_runs["c2d_nl1"] / "metrics.csv")
+    assert [(r["epoch"], r["iteration"]) for r in rows] == [("1", "2"), ("2", "4")]
+    assert {"time", "train_epoch_loss", "train_epoch_top1", "val_top1", "val_loss", "best"} <= set(rows[0])
+    logged = [e.value for e in events(two_runs["c2d_nl1"]).Scalars("val/top1")]
+    assert [float(r["val_top1"]) for r in rows] == pytest.approx(logged, abs=1e-4)
+
+
+def test_history_rows_repeated_by_a_resume_are_replaced_and_new_columns_kept(tmp_path):
+    path = tmp_path / "metrics.csv"
+    write_history_row(path, {"epoch": 1, "iteration": 4, "val_top1": 25.0})
+    write_history_row(path, {"epoch": 2, "iteration": 8, "val_top1": 50.0})
+    write_history_row(path, {"epoch": 2, "iteration": 8, "val_top1": 75.0, "val_top5": 100.0})  # resumed
+    rows = read_rows(path)
+    assert [(r["iteration"], r["val_top1"], r["val_top5"]) for r in rows] == [("4", "25.0", ""),
+                                                                              ("8", "75.0", "100.0")]
+
+
+class TensorBoardServer:
+    """``tensorboard --logdir`` on a free loopback port, its HTTP data API, stopped on exit."""
+
+    def __init__(self, logdir: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+             "--port", "0", "--load_fast", "false", "--reload_interval", "0"],
+            env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        deadline, seen = time.monotonic() + 20, []
+        while time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                break
+            if m := re.search(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/", seen[-1]):
+                self.url = m.group(1)
+                return
+        self.stop()
+        raise AssertionError(f"tensorboard did not start: {''.join(seen)[-2000:]}")
+
+    def get(self, route: str, **params: str) -> bytes:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}{route}{query}", timeout=10) as response:
+            return response.read()
+
+    def json(self, route: str, **params: str):
+        return json.loads(self.get(route, **params))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def test_tensorboard_server_shows_compared_runs_by_name_with_scalars_images_and_layout(two_runs, tmp_path):
+    """``nlvideo.compare`` links the runs under their labels; TensorBoard over those links, as a browser
+    reads it (its HTTP data API)."""
+    compare(list(two_runs.values()), tmp_path)
+    server = TensorBoardServer(tmp_path / "tensorboard")
+    try:
+        deadline = time.monotonic() + 15  # the event files load in the background
+        while sorted(server.json("/data/runs")) != ["c2d", "c2d_nl1"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(server.json("/data/runs")) == ["c2d", "c2d_nl1"]
+        tags = server.json("/data/plugin/scalars/tags")
+        for run in ("c2d", "c2d_nl1"):
+            assert {"train/top1", "train/loss", "train/grad_norm", "val/top1", "val/loss"} <= set(tags[run])
+        points = server.json("/data/plugin/scalars/scalars", run="c2d_nl1", tag="val/top1")
+        logged = events(two_runs["c2d_nl1"]).Scalars("val/top1")
+        assert [(step, value) for _, step, value in points] == [(e.step, e.value) for e in logged]
+
+        assert list(server.json("/data/plugin/images/tags")) == ["c2d_nl1"]  # c2d has no NL block
+        shown = server.json("/data/plugin/images/images", run="c2d_nl1", tag="val/attention")
+        assert [image["step"] for image in shown] == [2, 4]
+        png = server.get("/data/plugin/images/individualImage?" + shown[-1]["query"])
+        assert Image.open(io.BytesIO(png)).size[0] > 1000
+
+        layout = server.json("/data/plugin/custom_scalars/layout")  # both runs' layouts, merged
+        (category,) = layout["category"]
+        assert [chart["title"] for chart in category["chart"]] == [
+            "train top-1 (%)", "val/top1 (%)", "loss (train, val)", "learning rate"]
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
