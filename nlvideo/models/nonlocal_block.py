@@ -66,6 +66,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from nlvideo.models import aten_ops
+from nlvideo.models.pooling import MaxPool3d
 
 Instantiation = Literal["gaussian", "embedded_gaussian", "dot_product", "concatenation"]
 INSTANTIATIONS: tuple[str, ...] = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
@@ -79,8 +80,9 @@ SoftmaxAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float | N
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-# Sub-sampling pools space only (the seed's and the reference code's 1x2x2 for video).
-_POOL = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d((2, 2)), 3: lambda: nn.MaxPool3d((1, 2, 2))}
+# Sub-sampling pools space only (the seed's and the reference code's 1x2x2 for video). The 3-D pool's
+# backward must also run in deterministic mode on CUDA (nlvideo.models.pooling); ATen's 1-D/2-D ones do.
+_POOL = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d((2, 2)), 3: lambda: MaxPool3d((1, 2, 2))}
 
 
 class NonLocalBlock(nn.Module):

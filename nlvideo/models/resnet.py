@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from nlvideo.models.nonlocal_block import NonLocalBlock
+from nlvideo.models.pooling import MaxPool3d
 from nlvideo.models.spec import STAGE_NAMES, ModelSpec, NonLocalSpec
 
 NONLOCAL_PREFIX = "nl"  # ResStage child "nl{i}": the NL block after residual block i
@@ -183,7 +184,7 @@ class VideoResNet(nn.Module):
         self.stem.add_module("bn", nn.BatchNorm3d(w))
         self.stem.add_module("relu", nn.ReLU(inplace=True))
         pad = spec.stem_pool_padding
-        pool1 = nn.MaxPool3d((t_pool, 3, 3), stride=(t_pool, 2, 2), padding=(0, pad, pad))
+        pool1 = MaxPool3d((t_pool, 3, 3), stride=(t_pool, 2, 2), padding=(0, pad, pad))
         self.stem.add_module("pool", pool1)
 
         in_ch = w
@@ -202,7 +203,7 @@ class VideoResNet(nn.Module):
             )
             self.add_module(name, stage)
             if name == "res2":
-                self.pool2 = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1))
+                self.pool2 = MaxPool3d((2, 1, 1), stride=(2, 1, 1))
             in_ch = width * 4
         self.head = nn.Sequential()
         self.head.add_module("pool", nn.AdaptiveAvgPool3d(1))
