@@ -357,6 +357,35 @@ def test_non_cpu_inputs_take_the_sdpa_path():
     assert block.path_for(torch.empty(SHAPES[3], device="meta"), return_nl_map=True).path == "naive"
 
 
+@pytest.mark.parametrize(
+    ("device", "dtype", "needs_grad", "naive"),
+    [
+        ("cuda", torch.float32, True, True),  # an H200 trained sdpa at 0.85x naive's speed
+        ("cuda", torch.bfloat16, True, False),  # 1.14x
+        ("cuda", torch.float16, True, False),
+        ("cuda", torch.float32, False, False),  # forward only: not measured
+        ("cpu", torch.float32, True, False),
+        ("meta", torch.float32, True, False),
+    ],
+)
+def test_auto_takes_the_naive_path_only_where_it_was_measured_faster(device, dtype, needs_grad, naive):
+    """select_path's rule 3, as the pure function it asks (the CUDA side runs in tests/test_gpu.py)."""
+    from nlvideo.models import nonlocal_block as nl
+
+    why = nl.naive_measured_faster(device, dtype, needs_grad)
+    assert (why is not None) == naive and (not naive or "measured" in why)
+
+
+def test_the_compute_dtype_is_autocasts_when_it_is_on():
+    from nlvideo.models import nonlocal_block as nl
+
+    x = torch.randn(SHAPES[3])
+    assert nl._compute_dtype(x) == torch.float32
+    with torch.autocast("cpu", torch.bfloat16):
+        assert nl._compute_dtype(x) == torch.bfloat16
+        assert nl._compute_dtype(x.to("meta")) == torch.float32  # autocast keeps no state for meta
+
+
 SUBMODULES = ("theta", "phi", "g", "W")
 
 

@@ -27,11 +27,14 @@ only dispatches on the answer):
 
 - ``"naive"`` (:meth:`NonLocalBlock.affinity`): build the (N x M) affinity explicitly, as the seed,
   PySlowFast, MMAction2 and PyTorchVideo do. Its memory is O(B N M) for the map plus softmax saved
-  for backward. Taken for ``impl="naive"`` and whenever the map is returned (``return_nl_map``).
+  for backward. Taken for ``impl="naive"``, whenever the map is returned (``return_nl_map``), and
+  by ``impl="auto"`` where a training step was measured faster on it than on the device's fast path
+  (:data:`NAIVE_MEASURED_FASTER`: CUDA fp32).
 - ``"sdpa"`` (:func:`_sdpa`): the submodules theta/phi/g/W with plain autograd ops, and
   ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors for the softmax forms
-  (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device), under CPU autocast, while
-  traced or exported (``torch.jit.trace``, ``torch.export``, ONNX) and when no gradient is needed.
+  (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device; ``impl="auto"`` trains in
+  fp32 on the naive path there, above), under CPU autocast, while traced or exported
+  (``torch.jit.trace``, ``torch.export``, ONNX) and when no gradient is needed.
 - ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): CPU training without autocast
   (fp32 in practice), where SDPA's CPU flash kernel runs ~10x slower on the subnormal weights of a
   peaked softmax (``_probs``), a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
@@ -101,8 +104,9 @@ class NonLocalBlock(nn.Module):
         instantiation: the pairwise function, one of :data:`INSTANTIATIONS`.
         scale: multiply theta^T phi by C'^-1/2 (embedded gaussian; video-nonlocal-net does, the
             paper and the seed do not).
-        impl: ``naive`` always builds the attention map; ``auto`` and ``efficient`` (the same) take
-            the fast path for the input's device. :meth:`path_for` says which path an input takes.
+        impl: ``naive`` always builds the attention map; ``efficient`` takes the fast path for the
+            input's device; ``auto`` too, except where naive was measured faster
+            (:data:`NAIVE_MEASURED_FASTER`). :meth:`path_for` says which path an input takes.
         init_std: std of the normal init of the new 1x1 convs (0.01 in the reference code).
         pool: with ``sub_sample``, max-pool phi and g after their convs (``"after_embed"``, the
             seed's) or the input before them (``"before_embed"``, as the published video-nonlocal-net
@@ -335,6 +339,17 @@ class NonLocalBlock(nn.Module):
         return (z, nl_map) if return_nl_map else z
 
 
+# Where impl="auto" takes the naive path in training although the device has a fast one: (device type,
+# compute dtype) -> the measurement that says naive is faster there. Issue 18, on an H200 (torch 2.11):
+# one block at res3 of 32x2 (B=8, C=512, 8x28x28), forward + backward, ran at 0.85x naive's speed on
+# the sdpa path in fp32 (SDPA has no flash kernel for fp32) and at 1.14x in bf16, so only fp32 is listed.
+# impl="efficient" keeps the sdpa path, which used 0.56x naive's memory there.
+NAIVE_MEASURED_FASTER: dict[tuple[str, torch.dtype], str] = {
+    ("cuda", torch.float32): "measured on an H200, the sdpa path trained at 0.85x naive's speed in fp32 "
+    "(res3 of 32x2, B=8); impl=efficient keeps sdpa's memory saving",
+}
+
+
 class PathChoice(NamedTuple):
     """A computation path of :class:`NonLocalBlock` (one of :data:`PATHS`) and why it is taken."""
 
@@ -351,15 +366,17 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
        loops and ``out=`` kernels are not captured as a graph (``torch.jit.trace`` fails; the graph
        ``torch.export`` records cannot be run), while the sdpa path is plain ATen ops. Plain
        ``torch.compile`` is not tracing in this sense: it handles the custom Functions.
-    3. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
+    3. ``"naive"`` for ``impl="auto"`` in training where :func:`naive_measured_faster` says so (CUDA
+       fp32: the sdpa path was measured at 0.85x naive's speed).
+    4. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
        ``F.scaled_dot_product_attention`` has flash / memory-efficient kernels, and under CPU
        autocast: the CPU path's custom Functions are written and tested for one dtype throughout,
        not for autocast's per-op casts, which plain autograd ops and SDPA follow.
-    4. ``"sdpa"`` when no gradient is needed (grad mode off, as in evaluation, or neither the input
+    5. ``"sdpa"`` when no gradient is needed (grad mode off, as in evaluation, or neither the input
        nor a parameter of the block requires one): what the ``"cpu_chunked"`` path saves is
        activations for backward; without one it is not consistently faster than SDPA
        (``scripts/bench_inference.py``, docs/inference.md).
-    5. ``"cpu_chunked"`` otherwise (CPU training, no autocast): see the module docstring for why not
+    6. ``"cpu_chunked"`` otherwise (CPU training, no autocast): see the module docstring for why not
        SDPA.
     """
     if block.impl == "naive":
@@ -368,17 +385,35 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
         return PathChoice("naive", "return_nl_map=True: only the naive path builds the attention map")
     if torch.jit.is_tracing() or torch.compiler.is_exporting():
         return PathChoice("sdpa", "tracing/exporting: plain ATen ops, no custom autograd Functions")
+    needs_grad, dtype = _needs_grad(block, x), _compute_dtype(x)
+    if block.impl == "auto" and (why := naive_measured_faster(x.device.type, dtype, needs_grad)):
+        return PathChoice("naive", f"impl='auto', {x.device.type} {dtype} training: {why}")
     if x.device.type != "cpu":
         return PathChoice("sdpa", f"{x.device.type} input: scaled_dot_product_attention's fused kernels")
     if torch.is_autocast_enabled("cpu"):
         return PathChoice("sdpa", "CPU autocast is enabled: the CPU chunked kernels are for one dtype")
-    if not _needs_grad(block, x):
+    if not needs_grad:
         return PathChoice("sdpa", "no gradient needed: the CPU chunked path only saves memory for backward")
     return PathChoice(
         "cpu_chunked",
         "CPU input without autocast: chunked attention, lean max-pool and fused W_z + BN save about "
         "half the activations; SDPA's CPU kernel is slow on the subnormal weights of a peaked softmax",
     )
+
+
+def naive_measured_faster(device_type: str, compute_dtype: torch.dtype, needs_grad: bool) -> str | None:
+    """Why ``impl="auto"`` takes the naive path for a block on ``device_type`` computing in
+    ``compute_dtype`` (autocast's dtype when it is on), or None: a training step measured faster on it
+    (:data:`NAIVE_MEASURED_FASTER`). Forward alone was not measured there, so it keeps the fast path."""
+    return NAIVE_MEASURED_FASTER.get((device_type, compute_dtype)) if needs_grad else None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the block's matmuls run in: autocast's for the input's device when it is on, else x's."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):  # others: autocast has no state
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _needs_grad(block: NonLocalBlock, x: torch.Tensor) -> bool:
