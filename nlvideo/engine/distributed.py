@@ -8,8 +8,11 @@ Launch modes, checked in this order by :func:`init_distributed`:
   ``srun``; :class:`submitit.helpers.TorchDistributedEnvironment` translates the SLURM variables.
 * otherwise a single process, no process group.
 
-The backend is ``nccl`` when CUDA is available and ``gloo`` otherwise. Every helper below also works
-without a process group (world size 1), so the training loop never branches on it.
+The backend is ``nccl`` when every process of a node can have a GPU of its own and ``gloo`` otherwise
+(:func:`backend_for`): on CPU, and with more processes than GPUs, e.g. two ranks sharing one GPU (nccl
+refuses two ranks on one device; gloo all-reduces CUDA tensors too, SyncBatchNorm included). Every
+helper below also works without a process group (world size 1), so the training loop never branches on
+it.
 """
 
 from __future__ import annotations
@@ -44,8 +47,29 @@ def _under_submitit_slurm() -> bool:
     return "SUBMITIT_EXECUTOR" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def init_distributed(timeout_min: float = 30.0) -> DistInfo:
-    """Initialise the default process group if launched with several processes; idempotent."""
+def backend_for(device: str, local_world_size: int, num_gpus: int) -> str:
+    """The process-group backend for ``trainer.device=device`` (auto | cpu | cuda) with
+    ``local_world_size`` processes on this node and ``num_gpus`` GPUs visible to each of them.
+
+    nccl needs one GPU per process; with fewer GPUs than processes (:func:`cuda_index` then gives
+    several ranks one GPU) only gloo works. Every rank of a node computes the same answer.
+    """
+    if device == "cpu" or num_gpus == 0:
+        return "gloo"
+    return "nccl" if local_world_size <= num_gpus else "gloo"
+
+
+def cuda_index(local_rank: int, num_gpus: int) -> int:
+    """The GPU of the process with ``local_rank``: its own, or a shared one when there are fewer GPUs
+    than processes on the node (round robin)."""
+    return local_rank % num_gpus
+
+
+def init_distributed(timeout_min: float = 30.0, device: str = "auto") -> DistInfo:
+    """Initialise the default process group if launched with several processes; idempotent.
+
+    ``device`` is ``trainer.device``: with ``cpu`` the group is gloo even where CUDA is available.
+    """
     if dist.is_available() and dist.is_initialized():
         return info()
     if "RANK" not in os.environ and _under_submitit_slurm():
@@ -58,9 +82,11 @@ def init_distributed(timeout_min: float = 30.0) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if "TORCHELASTIC_RUN_ID" in os.environ:
         stop_with_launcher()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    num_gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+    # LOCAL_WORLD_SIZE: set by torchrun and by submitit's export above.
+    backend = backend_for(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), num_gpus)
+    if num_gpus:
+        torch.cuda.set_device(cuda_index(local_rank, num_gpus))
     timeout = datetime.timedelta(minutes=timeout_min)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if restart is None:

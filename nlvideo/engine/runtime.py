@@ -46,8 +46,8 @@ def setup_runtime(cfg: DictConfig, rank: int) -> torch.device:
         torch.backends.cudnn.benchmark = True
     seed_everything(int(cfg.seed) + rank)
     device = resolve_device(cfg.trainer.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", du.info().local_rank)
+    if device.type == "cuda":  # the GPU init_distributed made current; several ranks may share one
+        device = torch.device("cuda", du.cuda_index(du.info().local_rank, torch.cuda.device_count()))
     return device
 
 

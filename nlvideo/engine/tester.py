@@ -96,7 +96,7 @@ def weights_to_test(cfg: DictConfig) -> tuple[dict, Path]:
 
 def evaluate(cfg: DictConfig) -> int:
     """Test ``cfg.checkpoint`` (or published weights) on the test split; returns the exit status."""
-    info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
+    info = du.init_distributed(float(cfg.trainer.dist_timeout_min), str(cfg.trainer.device))
     setup_rank_logging(info.rank)
     state, path = weights_to_test(cfg)
     cfg = evaluation_config(state)
