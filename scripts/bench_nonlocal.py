@@ -21,6 +21,8 @@ training mode. max|diff| is max |z_naive - z_ours| over the output of the first 
     python scripts/bench_nonlocal.py            # --quick: the key rows, including the target row
     python scripts/bench_nonlocal.py --full     # the whole grid (hours on 2 CPU cores)
     python scripts/bench_nonlocal.py --device cuda --max-batch --full --only "(Table 1: T=8) res3 emb-gauss"
+    python scripts/bench_nonlocal.py --device cuda --full --only "T=8) res3 emb-gauss B=8 fp32 sub" \
+        "T=8) res3 emb-gauss B=8 bf16 sub"     # several --only texts: the rows matching any of them
     python scripts/bench_nonlocal.py --max-batch --shape 512,8,28 --memory-gib 4   # CPU: a memory budget
 
 ``--max-batch`` reports the largest batch whose forward + backward fits, for both paths: on CUDA
@@ -321,7 +323,8 @@ def main() -> None:
     grid = ap.add_mutually_exclusive_group()
     grid.add_argument("--quick", action="store_true", help="the key rows (default)")
     grid.add_argument("--full", action="store_true", help="every shape x instantiation x batch x dtype x sub")
-    ap.add_argument("--only", default="", help="run the rows whose label contains this text")
+    ap.add_argument("--only", nargs="+", default=[""], metavar="TEXT",
+                    help="run the rows whose label contains one of these texts")
     ap.add_argument("--repeat", type=int, default=5, help="timed steps per run (bf16 on CPU: a third)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in children (0: default)")
@@ -341,7 +344,7 @@ def main() -> None:
     if args.device == "cpu" and not args.malloc_default:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # inherited by the spawned children
     configs = [Config(args.shape)] if args.shape else full_grid() if args.full else QUICK
-    configs = [c for c in configs if args.only in c.label]
+    configs = [c for c in configs if any(text in c.label for text in args.only)]
     if args.max_batch:
         with tempfile.TemporaryDirectory() as tmp:
             max_batch_table(configs, args, tmp)

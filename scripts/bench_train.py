@@ -11,9 +11,14 @@ the same run.
     python scripts/bench_train.py --variants fp32 bf16 --steps 5
     python scripts/bench_train.py --variants channels_last compile --threads 1 2
     python scripts/bench_train.py --models i3d i3d_nl5 --rounds 3   # best of 3 interleaved runs
+    python scripts/bench_train.py --device cuda --batch 32 --variants bf16_channels_last --steps 10 --warmup 3
 
 On a shared machine step times drift by 10-15 % between runs a minute apart; ``--rounds`` repeats
 the whole list of configurations and keeps each one's fastest run, so ratios compare like with like.
+
+``--device`` (auto: CUDA when available) picks where the steps run. On CUDA the workers turn on cuDNN's
+autotuner (``cudnn.benchmark``), as train.py does when ``trainer.deterministic`` is off, and the GEMM
+peak is an 8192² matmul (4096² on CPU).
 
 ``--threads`` sets ``torch.set_num_threads`` in each worker (default: torch's own choice, one
 thread per core); ratios are computed between rows of the same variant and thread count.
@@ -33,6 +38,7 @@ import time
 import torch
 
 import nlvideo  # noqa: F401
+from nlvideo.engine.config import resolve_device
 from nlvideo.models import to_channels_last_3d
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile")
@@ -54,7 +60,8 @@ def rss_peak_mib() -> float:
 
 
 def worker(
-    name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int, threads: int
+    name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int, threads: int,
+    device: torch.device,
 ) -> dict:
     """One configuration: returns clips/s and the peak memory a training step adds."""
     from nlvideo.models.stats import count_macs, count_params
@@ -62,8 +69,8 @@ def worker(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as train.py, unless trainer.deterministic
     model = build(name)
     params, macs = count_params(model), count_macs(model, (1, 3, frames, size, size))
     model = model.to(device).train()
@@ -114,16 +121,26 @@ def thread_label(threads: int) -> str:
     return f"{threads} thr" if threads else "default thr"
 
 
-def gemm_peak_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def gemm_size(device: torch.device) -> int:
+    """The matmul whose rate is the peak: 8192² keeps a GPU busy, 4096² takes a CPU long enough."""
+    return 8192 if device.type == "cuda" else 4096
+
+
+def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, reps: int = 5) -> float:
+    n = gemm_size(device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
@@ -146,6 +163,8 @@ def run_isolated(args: argparse.Namespace, name: str, variant: str, threads: int
         str(args.warmup),
         "--threads",
         str(threads),
+        "--device",
+        args.device,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -183,16 +202,19 @@ def main() -> None:
                         help="torch.set_num_threads per worker (0: torch's default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, interleaved; report the best")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the steps run (auto: CUDA when available)")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.batch, args.frames, args.size, args.steps, args.warmup,
-                                args.threads[0])))
+                                args.threads[0], resolve_device(args.device))))
         return
 
+    dev = resolve_device(args.device)
     device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
+        f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+        if dev.type == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
     rounds = f", best of {args.rounds} interleaved rounds (worst in brackets)" if args.rounds > 1 else ""
@@ -240,10 +262,11 @@ def main() -> None:
     for t in args.threads:
         torch.set_num_threads(t or default_threads)
         for name, dtype in dtypes.items():
-            peaks[name, t] = gemm_peak_gflops(dtype)
+            peaks[name, t] = gemm_peak_gflops(dtype, dev)
     torch.set_num_threads(default_threads)
     measured = ", ".join(f"{k} {thread_label(t)} {v:.0f} GFLOP/s" for (k, t), v in peaks.items())
-    print(f"\nMachine GEMM peak (4096² matmul): {measured}")
+    n = gemm_size(dev)
+    print(f"\nMachine GEMM peak ({n}² matmul): {measured}")
     print("| model | variant | achieved GFLOP/s | % of GEMM peak |\n|---|---|---|---|")
     for r in rows:
         if "error" not in r:
