@@ -1,0 +1,89 @@
+#!/bin/bash
+# Every GPU check of issue 18 in one go, on a CUDA machine, each step time-boxed (docs/benchmarks.md,
+# "GPU checks"). Run from the repository root:
+#
+#   scripts/gpu_checks.sh [OUT_DIR]        # default: $OUT (the lent machine's), else ./gpu_checks_out
+#
+#   BUDGET_S=480   seconds for the whole run; a step gets min(its box, what is left) and is skipped when
+#                  less than 20 s are left, so the script ends inside the budget
+#   STEPS="..."    the steps to run, in this order (default: env fixed gpu bench_nl bench_train);
+#                  also: suite (the whole test suite on CUDA, xdist), bench_compile (torch.compile rows)
+#
+# Python packages the machine lacks (no package index there) can travel as wheels in .whl/; they are
+# installed into /tmp/site first. Writes at most 8 files into OUT_DIR: summary.md (one row per step, the
+# end of each pytest log), env.txt, and one log or table per step. Rerunnable: nothing else is written.
+set -uo pipefail
+out=${1:-${OUT:-gpu_checks_out}}
+budget=${BUDGET_S:-480}
+steps=" ${STEPS:-env fixed gpu bench_nl bench_train} "
+mkdir -p "$out"
+summary=$out/summary.md
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || { echo "installing .whl/ failed" | tee "$summary"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+{
+  echo "# gpu_checks $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo
+  echo "| step | exit status | seconds | output |"
+  echo "|---|---|---|---|"
+} >"$summary"
+tails=""
+
+# step NAME BOX_SECONDS FILE COMMAND...: run COMMAND into OUT_DIR/FILE if NAME is in STEPS, within the box.
+step() {
+  local name=$1 box=$2 file=$3
+  shift 3
+  [[ $steps == *" $name "* ]] || return 0
+  local left=$((budget - SECONDS))
+  if ((left < 20)); then
+    echo "| $name | skipped: budget spent | 0 | |" >>"$summary"
+    return 0
+  fi
+  ((box > left)) && box=$left
+  local t0=$SECONDS rc
+  timeout -k 10 "$box" "$@" >"$out/$file" 2>&1
+  rc=$?
+  local status=$rc
+  ((rc == 124 || rc == 137)) && status="$rc (timed out after $box s)"
+  echo "| $name | $status | $((SECONDS - t0)) | $file |" >>"$summary"
+  if [[ $file == pytest_* ]]; then
+    tails+=$'\n'"## $name"$'\n\n```\n'"$(grep -E '^(FAILED|ERROR)| in [0-9.]+s' "$out/$file" | tail -n 15)"$'\n```\n'
+  fi
+}
+
+# The machine, the software, and whether what train.py imports is there.
+environment='nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda,
+  torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA\")"
+python3 -c "import nlvideo, hydra, decord, av, pytorchvideo, xdist; print(\"imports ok\")"'
+
+pytest=(python3 -m pytest -q -p no:cacheprovider -rfE)
+formerly_failing=(
+  "tests/test_train_run.py::test_full_run_writes_tensorboard_checkpoints_and_run_files"
+  "tests/test_train_run.py::test_resume_after_sigkill_is_bit_exact"
+  "tests/test_distributed_torchrun.py::test_torchrun_two_processes_matches_one_process"
+  "tests/test_eval_app.py::test_eval_multiview_on_a_checkpoint"
+)
+# The issue's NL block row: res3 of 32x2 (B=8, C=512, 8x28x28), fp32 and bf16, both layouts.
+nl_rows=("T=8) res3 emb-gauss B=8 fp32 sub" "T=8) res3 emb-gauss B=8 bf16 sub")
+train_bench=(python3 scripts/bench_train.py --device cuda --models i3d i3d_nl5 ptv_i3d --batch 32 --steps 6
+             --warmup 2)
+
+step env 60 env.txt bash -c "$environment"
+step fixed 240 pytest_fixed.log "${pytest[@]}" "${formerly_failing[@]}"
+step gpu 240 pytest_gpu.log "${pytest[@]}" -m gpu tests/test_gpu.py tests/test_reliability_numerics.py
+step bench_nl 150 bench_nonlocal.md python3 scripts/bench_nonlocal.py --device cuda --full --repeat 10 \
+  --warmup 3 --only "${nl_rows[@]}"
+step bench_train 180 bench_train.md "${train_bench[@]}" --variants channels_last bf16_channels_last
+step bench_compile 240 bench_compile.md "${train_bench[@]}" --variants compile
+step suite 600 pytest_suite.log "${pytest[@]}" -m "not slurm" -n 8 --continue-on-collection-errors tests
+
+printf '%s\n' "$tails" >>"$summary"
+cat "$summary"
