@@ -15,10 +15,10 @@ metrics (mAP vs top-1) are refused; runs on different datasets are compared with
 with a warning); ``--label DIR=TEXT`` makes the runs under DIR one curve named TEXT.
 
 Writes ``curves.png`` (training error and validation error vs iteration, shared axes, one colour
-per group), ``table.md`` (final and best validation accuracy or mAP, parameters, FLOPs, clips/s of
-each group's own runs) and ``tensorboard/``, one link per run named by its label, so that
-``tensorboard --logdir <out>/tensorboard`` shows the runs under these names. Runs of different
-lengths and runs still in progress are fine: whatever events are on disk are read.
+per group) and ``table.md`` (final and best validation accuracy or mAP, parameters, FLOPs, clips/s of
+each group's own runs); with ``--tensorboard`` also ``tensorboard/``, one link per run named by its
+label, so that ``tensorboard --logdir <out>/tensorboard`` shows the runs under these names. Runs of
+different lengths and runs still in progress are fine: whatever events are on disk are read.
 """
 
 from __future__ import annotations
@@ -506,16 +506,17 @@ def link_runs(groups: dict[str, list[Run]], folder: Path) -> dict[str, Path]:
 
 def compare(paths: list[Path], out_dir: Path, title: str = "", smooth: float = 0.0,
             group_by: list[str] | None = None, labels: list[tuple[Path, str]] | None = None,
-            ) -> tuple[Path, Path, dict[str, list[Run]], list[str]]:
-    """Read, group, plot and tabulate the runs under ``paths``; returns (curves.png, table.md, the
-    groups by label, warnings)."""
+            tensorboard: bool = False) -> tuple[Path, Path, dict[str, list[Run]], list[str]]:
+    """Read, group, plot and tabulate the runs under ``paths`` (and link them for TensorBoard); returns
+    (curves.png, table.md, the groups by label, warnings)."""
     runs = [load_run(d) for d in find_event_dirs(paths)]
     groups, warnings = group_runs(runs, group_by, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, md = out_dir / "curves.png", out_dir / "table.md"
     plot(groups, png, title, smooth)
     md.write_text(table(groups, warnings))
-    link_runs(groups, out_dir / "tensorboard")
+    if tensorboard:
+        link_runs(groups, out_dir / "tensorboard")
     return png, md, groups, warnings
 
 
@@ -541,10 +542,13 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: every setting but the seed)")
     parser.add_argument("--label", action="append", type=_label_arg, default=[], metavar="DIR=TEXT",
                         help="the runs under DIR are one curve named TEXT (repeatable)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write OUT/tensorboard/: a link per run named by its label, for "
+                             "tensorboard --logdir OUT/tensorboard")
     args = parser.parse_args(argv)
     try:
         png, md, groups, warnings = compare(args.runs, args.out, args.title, args.smooth, args.group_by,
-                                            args.label)
+                                            args.label, args.tensorboard)
     except (FileNotFoundError, CompareError) as exc:
         parser.exit(2, f"error: {exc}\n")
     for warning in warnings:
@@ -552,8 +556,9 @@ def main(argv: list[str] | None = None) -> None:
     print(md.read_text(), end="")
     for label, runs in groups.items():
         print(f"{label}: {', '.join(str(r.run_dir) for r in runs)}")
-    print(f"wrote {png} and {md}; `tensorboard --logdir {args.out / 'tensorboard'}` shows the runs by these "
-          "names")
+    print(f"wrote {png} and {md}")
+    if args.tensorboard:
+        print(f"tensorboard --logdir {args.out / 'tensorboard'}  shows the runs by these names")
 
 
 if __name__ == "__main__":

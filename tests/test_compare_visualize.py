@@ -135,7 +135,7 @@ def test_runs_are_grouped_by_the_configuration_that_differs_and_seeds_average(tm
         fake_run(tmp_path, "nl0", "model=i3d", "model.width=8", params_m=0.44),
         fake_run(tmp_path, "nl10", "model=i3d_nl10", "model.width=8", params_m=0.67),
     ]
-    result = run_compare(capsys, *map(str, runs), "--out", str(tmp_path / "out"))
+    result = run_compare(capsys, *map(str, runs), "--out", str(tmp_path / "out"), "--tensorboard")
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr
     rows = table_rows(tmp_path / "out" / "table.md")

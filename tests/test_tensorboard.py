@@ -112,7 +112,7 @@ class TensorBoardServer:
 def test_tensorboard_server_shows_compared_runs_by_name_with_scalars_images_and_layout(two_runs, tmp_path):
     """``nlvideo.compare`` links the runs under their labels; TensorBoard over those links, as a browser
     reads it (its HTTP data API)."""
-    compare(list(two_runs.values()), tmp_path)
+    compare(list(two_runs.values()), tmp_path, tensorboard=True)
     server = TensorBoardServer(tmp_path / "tensorboard")
     try:
         deadline = time.monotonic() + 15  # the event files load in the background
