@@ -72,11 +72,12 @@ def test_deterministic_backward_gradcheck(pool, deterministic):
     assert torch.autograd.gradcheck(module, (x,))
 
 
-def test_atens_pool_outside_deterministic_mode_and_without_gradient(deterministic):
+def test_atens_pool_outside_deterministic_mode_without_gradient_or_batch(deterministic):
     module = MaxPool3d(*POOLS["pool1 8x8"])
     x = pooled_input(torch.float32, channels_last=False, ties=False)
     with torch.no_grad():
         assert module(x).grad_fn is None
+    assert type(module(x[0]).grad_fn).__name__ != "_DeterministicMaxPool3dBackward"  # unbatched
     torch.use_deterministic_algorithms(False)
     assert type(module(x).grad_fn).__name__ == "MaxPool3DWithIndicesBackward0"
 

@@ -34,7 +34,8 @@ class MaxPool3d(nn.MaxPool3d):
     """``nn.MaxPool3d`` whose backward is deterministic in deterministic mode (module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.return_indices or not deterministic_backward_needed(x):
+        # Batched (B, C, T, H, W) input, as the models pass; an unbatched one keeps ATen's backward.
+        if self.return_indices or x.dim() != 5 or not deterministic_backward_needed(x):
             return super().forward(x)
         return _DeterministicMaxPool3d.apply(x, self)
 
