@@ -73,7 +73,8 @@ def node_command(endpoint: str, run_dir: Path, root: Path) -> list[str]:
     --node_rank with it)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
             "--rdzv_id=nlvideo_two_nodes", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "train.py",
-            *tiny_overrides(root), *COMMON, "data.batch_size=2", f"hydra.run.dir={run_dir}"]
+            *tiny_overrides(root), *COMMON, "data.batch_size=2", f"hydra.run.dir={run_dir}",
+            "trainer.device=cpu"]  # two one-process "nodes" on one machine must not share a GPU via nccl
 
 
 @pytest.mark.slow

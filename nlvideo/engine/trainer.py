@@ -121,7 +121,7 @@ class Loop:
 def train(cfg: DictConfig) -> int:
     """Run (or resume) one training job; returns the process exit status."""
     validate_config(cfg)  # every key checked before any data is read or process group formed
-    info = du.init_distributed(float(cfg.trainer.dist_timeout_min))
+    info = du.init_distributed(float(cfg.trainer.dist_timeout_min), str(cfg.trainer.device))
     setup_rank_logging(info.rank)
     if apply_pretrained_to_config(cfg, task_overrides()):  # the weights' model options, normalisation
         validate_config(cfg)
