@@ -55,13 +55,15 @@ def reference_run(synthetic_root, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run):
+def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run, synthetic_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     d = reference_run
     assert (d / ".hydra" / "config.yaml").is_file() and (d / "config_resolved.yaml").is_file()
     assert len(json.loads((d / "classes.json").read_text())) == 4
     assert (d / "train.log").read_text().count("validation:") == 2
+    assert f"train: 16 videos, 4 classes (single-label) from {synthetic_root / 'train.csv'}" in \
+        (d / "train.log").read_text()
     ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
     assert ckpts == [f"checkpoint_{i:09d}.pt" for i in (2, 4, 6, 8)]
     state = torch.load(d / "checkpoints" / ckpts[-1], map_location="cpu", weights_only=False)

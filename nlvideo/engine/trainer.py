@@ -173,8 +173,10 @@ def log_data(train_ds, val_ds) -> None:
     fewer classes than the classifier has (e.g. labels 0/1 with data.num_classes=400)."""
     for split, ds in (("train", train_ds), ("val", val_ds)):
         if ds is not None:
-            log.info("%s: %d videos, %d classes (%s)", split, ds.num_videos, ds.num_classes,
-                     "multi-label" if ds.multi_label else "single-label")
+            sources = sorted({r.source.rsplit(":", 1)[0] for r in ds.records if r.source})
+            log.info("%s: %d videos, %d classes (%s)%s", split, ds.num_videos, ds.num_classes,
+                     "multi-label" if ds.multi_label else "single-label",
+                     f" from {', '.join(sources)}" if sources else "")
     unused = class_usage_warning(train_ds)
     if unused and du.is_main_process():
         log.warning("%s", unused)
