@@ -80,6 +80,10 @@ class ClipSpec:
     decoder: str
     decode_threads: int
     max_retries: int
+    # Frames of larger videos come from the decoder at short side ``max_scale`` (nlvideo.data.decode);
+    # False decodes them at full size and leaves the whole resize to the transforms: the path before,
+    # which scripts/bench_decode_memory.py and tests/test_data_decode_size.py compare against.
+    scale_on_decode: bool = True
 
 
 def read_clip(
@@ -95,7 +99,8 @@ def read_clip(
     """
     if spec.train and rng is None:
         raise ValueError("read_clip: a training spec draws its clip from rng; pass one")
-    video = open_video(path, spec.decoder, spec.decode_threads)
+    short_side = spec.max_scale if spec.scale_on_decode else None  # no later resize needs more pixels
+    video = open_video(path, spec.decoder, spec.decode_threads, short_side)
     try:
         stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
         if spec.train:
@@ -108,7 +113,8 @@ def read_clip(
         video.close()
     mean, std, crop = spec.mean, spec.std, spec.crop_size
     if spec.train:
-        clip = train_transform(frames, rng, spec.min_scale, spec.max_scale, crop, mean, std, spec.hflip)
+        clip = train_transform(frames, rng, spec.min_scale, spec.max_scale, crop, mean, std, spec.hflip,
+                               video.native_size)
     else:
         clip = test_transform(frames, spec.min_scale, crop, view % spec.num_crops, spec.num_crops, mean, std)
     return clip, idx, video.fps

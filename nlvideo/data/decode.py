@@ -1,8 +1,23 @@
 """Video decoding: decord random access (the default) and a PyAV sequential reader.
 
-Both readers expose ``num_frames``, ``fps`` and ``get_batch(indices) -> uint8 array (T, H, W, 3)``
-(RGB). Any failure to open or decode a file is raised as :class:`DecodeError` with the path and a
-short reason, so the dataset can skip and count it.
+Both readers expose ``num_frames``, ``fps``, ``native_size`` and ``size`` (``(H, W)`` of the file and
+of the frames returned; None when the header does not say) and ``get_batch(indices) -> uint8 array
+(T, H, W, 3)`` (RGB). Any failure to open or decode a file is raised as :class:`DecodeError` with the
+path and a short reason, so the dataset can skip and count it.
+
+**Frames at the size needed.** With ``short_side=S`` a file whose frames hold at least
+:data:`MIN_SHRINK` times the pixels of short side ``S`` comes back at short side ``S`` (aspect kept,
+the long side rounded as :func:`~nlvideo.data.transforms.scaled_size` rounds it, so a later resize to
+``S`` is a no-op and crops land where they did); other files come back as they are. Each frame is
+scaled as soon as it is decoded, so a 32-frame clip of a 3840x2160 video holds 32 small frames
+instead of 32 x 24 MiB plus the transforms' full-size intermediates (2.0-2.3 GiB per clip before;
+``scripts/bench_decode_memory.py``). The scaling is :func:`to_rgb`: RGB conversion at full size, then
+the transforms' own antialiased resize (:func:`~nlvideo.data.transforms.short_side_resize`), one frame
+at a time: a test view gets exactly the pixels it got when whole clips were resized, a training crop
+differs only by being resampled twice. decord's own resize-on-decode (``VideoReader(width=,
+height=)``), faster still, is not used: swscale converts colours on its scaled path 1-2 levels (of
+255) darker than on every other path here, enough to turn index-coded test frames into their
+neighbours.
 
 decord's FFmpeg and decord itself print to the process's stderr on every failed open (``moov atom not
 found``, ``ERROR opening ...``): 60 lines for one bad file in a 10x3 evaluation, beside the single
@@ -12,7 +27,9 @@ fallback and the other reader, prints nothing.)
 
 * :class:`DecordVideo` wraps ``decord.VideoReader(path, num_threads=...)`` and reads a clip with one
   ``get_batch`` call (decord seeks to the key frame before the first index, decodes forward and
-  converts only the requested frames).
+  converts only the requested frames). Frames to be scaled are decoded by PyAV instead, from decord's
+  key frame before the clip, and matched to decord's frames by presentation time: the same frames
+  (variable frame rate included), without decord's full-size frame buffers (+260 MiB at 4K).
 * :class:`PyAVVideo` is the PySlowFast baseline used by ``scripts/bench_data.py`` (and available as
   ``data.decoder=pyav``), following PySlowFast's ``pyav_decode``: seek to the key frame at or
   before the first needed frame, decode sequentially until the last needed frame, convert every
@@ -29,18 +46,27 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
+import torch
+
+from nlvideo.data.transforms import scaled_size, short_side_resize
+
+if TYPE_CHECKING:
+    import av
 
 
 class DecodeError(RuntimeError):
-    """A video could not be opened or decoded. ``path`` and ``reason`` are kept for counting."""
+    """A video could not be opened or decoded. ``path`` and ``reason`` are kept for counting; ``empty``
+    marks a file that holds nothing (zero bytes, no frames) rather than one that cannot be read, which
+    ``nlvideo.data.check`` reports apart."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, empty: bool = False):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.empty = empty
 
 
 def check_file(path: str) -> None:
@@ -56,7 +82,60 @@ def check_file(path: str) -> None:
     except OSError as e:
         raise DecodeError(path, f"cannot stat: {e}") from None
     if size == 0:
-        raise DecodeError(path, "zero-byte file")
+        raise DecodeError(path, "zero-byte file", empty=True)
+
+
+# Frames are scaled while decoding only when they hold at least this many times the pixels kept. Below
+# that, full-size frames cost little memory, and resizing every frame whole costs more than it saves
+# (training otherwise resizes only the crop box). Measured (scripts/bench_decode_memory.py's clips):
+# 854x480 to short side 320 (2.25x the pixels) 61 ms scaled vs 45 ms full size, to 256 (3.5x) 39 vs
+# 59 ms; 1280x720 to 320 (5.1x) 127 vs 130 ms and 108 vs 260 MiB; 3840x2160 ~170 MiB vs 2 GiB.
+MIN_SHRINK = 3.0
+
+
+def output_size(native: tuple[int, int] | None, short_side: int | None) -> tuple[int, int] | None:
+    """``(H, W)`` to scale frames of ``native`` size to for ``short_side``, or None to keep them as they
+    are: the size is unknown, or scaling would not shrink them by :data:`MIN_SHRINK` (upscaling stays
+    with the transforms)."""
+    if native is None or short_side is None:
+        return None
+    size = scaled_size(*native, short_side)
+    return size if native[0] * native[1] >= MIN_SHRINK * size[0] * size[1] else None
+
+
+def to_rgb(frame: av.VideoFrame, short_side: int | None = None) -> np.ndarray:
+    """``frame`` as RGB ``(H, W, 3)``, its short side resized to ``short_side`` when given: converted at
+    full size (swscale's exact unscaled path), then resized by :func:`short_side_resize` (torch's uint8
+    antialiased resize, which keeps the frame channels-last). Scaling in YUV instead would resample the
+    4:2:0 chroma at the small size (9 levels off at colour edges), and converting while scaling takes
+    swscale's darker colour path (see the module docstring)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    if short_side is None:
+        return rgb
+    frames = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, C, H, W), channels-last in memory
+    return short_side_resize(frames, short_side)[0].permute(1, 2, 0).numpy()
+
+
+def open_pyav(path: str, num_threads: int = 1) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """The container and first video stream of ``path``, decoding with ``num_threads`` threads."""
+    import av
+
+    container = av.open(path)
+    try:
+        stream = container.streams.video[0]
+    except IndexError:
+        container.close()
+        raise ValueError("no video stream") from None
+    if num_threads != 1:
+        stream.thread_type = "AUTO"
+        stream.thread_count = max(num_threads, 0)
+    return container, stream
+
+
+def frame_size(stream: av.VideoStream) -> tuple[int, int] | None:
+    """``(H, W)`` of the stream's frames from its header, None when the header does not say."""
+    ctx = stream.codec_context
+    return (ctx.height, ctx.width) if ctx is not None and ctx.height > 0 and ctx.width > 0 else None
 
 
 def _short(e: BaseException) -> str:
@@ -123,7 +202,7 @@ class NativeStderr:
 
 
 class DecordVideo:
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, short_side: int | None = None):
         import decord  # imported lazily: a broken decord install should only fail when used
 
         check_file(path)
@@ -138,9 +217,26 @@ class DecordVideo:
             raise DecodeError(path, f"cannot open: {_short(e)}{native.detail()}") from None
         native.replay()
         if self.num_frames < 1:
-            raise DecodeError(path, "no frames")
+            raise DecodeError(path, "no frames", empty=True)
+        self._short_side, self._times = short_side, None  # the fallback reader gets the same request
+        self._container, self._stream, self.native_size = None, None, None
+        try:  # the frame size, from the header: decord cannot tell it without decoding a frame
+            self._container, self._stream = open_pyav(path, num_threads)
+            self.native_size = frame_size(self._stream)
+        except Exception:  # noqa: BLE001 - unknown size: frames at full size, from decord
+            pass
+        self.size = output_size(self.native_size, short_side) or self.native_size
+        self._scale_to = short_side if self.size != self.native_size else None
+        if self._scale_to is None and self._container is not None:  # PyAV is only needed to scale
+            self._container.close()
+            self._container = None
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        if self._scale_to is not None:
+            try:
+                return self._scaled_batch(indices)
+            except Exception as e:  # noqa: BLE001 - any PyAV failure: the PySlowFast reader tries next
+                return self._pyav_fallback(indices, f"decode failed: {_short(e)}")
         native = NativeStderr()
         try:
             with native:
@@ -154,12 +250,48 @@ class DecordVideo:
             return self._pyav_fallback(indices, shape)
         return frames
 
+    def frame_times(self) -> np.ndarray:
+        """Presentation time (s) of every frame, in decord's frame order (from the container's index;
+        nothing is decoded)."""
+        if self._times is None:
+            self._times = self._vr.get_frame_timestamp(range(self.num_frames))[:, 0].astype(np.float64)
+        return self._times
+
+    def _scaled_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """decord's frames ``indices``, decoded by PyAV and scaled one at a time (:func:`to_rgb`): seek to
+        decord's key frame before the first one, decode forward and keep each frame whose presentation
+        time (from the stream's start, as decord counts it) is that of a wanted frame of decord's index
+        (within 1 ms). A frame not met that way (times
+        that the two libraries read differently) raises, and the caller falls back to PyAV's own
+        indexing."""
+        times, tol = self.frame_times(), 1e-3
+        base, start = float(self._stream.time_base), self._stream.start_time or 0
+        wanted = set(int(i) for i in indices)
+        first, last = min(wanted), max(wanted)
+        key = max((int(k) for k in self._vr.get_key_indices() if k <= first), default=0)
+        self._container.seek(start + int((times[key] + tol) / base), stream=self._stream, backward=True,
+                             any_frame=False)
+        got: dict[int, np.ndarray] = {}
+        for frame in self._container.decode(self._stream):
+            if frame.pts is None:
+                continue
+            t = (frame.pts - start) * base
+            i = min(int(np.searchsorted(times, t - tol)), len(times) - 1)
+            if i in wanted and i not in got and abs(times[i] - t) <= tol:
+                got[i] = to_rgb(frame, self._scale_to)
+            if len(got) == len(wanted) or t > times[last] + tol:
+                break
+        missing = sorted(wanted - got.keys())
+        if missing:
+            raise ValueError(f"PyAV met no frame at the time of decord's frame(s) {missing[:3]}")
+        return np.stack([got[int(i)] for i in indices])
+
     def _pyav_fallback(self, indices: Sequence[int], reason: str) -> np.ndarray:
         """decord cannot convert some valid videos (e.g. frames narrower than 32 px: "The size must
         exactly match"); decode those with PyAV. If PyAV fails too, the video is reported with
         decord's reason."""
         try:
-            video = PyAVVideo(self.path)
+            video = PyAVVideo(self.path, short_side=self._short_side)
         except DecodeError:
             raise DecodeError(self.path, reason) from None
         try:
@@ -171,22 +303,22 @@ class DecordVideo:
 
     def close(self) -> None:
         self._vr = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 class PyAVVideo:
-    def __init__(self, path: str, num_threads: int = 1):
-        import av
-
+    def __init__(self, path: str, num_threads: int = 1, short_side: int | None = None):
         check_file(path)
         self.path = path
         try:
-            self._container = av.open(path)
-            self._stream = self._container.streams.video[0]
+            self._container, self._stream = open_pyav(path, num_threads)
         except Exception as e:
             raise DecodeError(path, f"cannot open: {_short(e)}") from None
-        if num_threads != 1:
-            self._stream.thread_type = "AUTO"
-            self._stream.thread_count = max(num_threads, 0)
+        self.native_size = frame_size(self._stream)
+        self.size = output_size(self.native_size, short_side) or self.native_size
+        self._scale_to = short_side if self.size != self.native_size else None
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else 30.0
         self._time_base = self._stream.time_base or Fraction(1, 1)
@@ -199,7 +331,7 @@ class PyAVVideo:
         self.num_frames = int(n)
         if self.num_frames < 1:
             self._container.close()
-            raise DecodeError(path, "no frames")
+            raise DecodeError(path, "no frames", empty=True)
 
     def _index(self, pts: int) -> int:
         return int(math.floor(float((pts - self._start) * self._time_base) * self.fps + 0.5))
@@ -217,7 +349,7 @@ class PyAVVideo:
                     continue
                 idx = self._index(frame.pts)
                 if first <= idx <= last and idx not in got:  # PySlowFast converts the whole window
-                    got[idx] = frame.to_ndarray(format="rgb24")
+                    got[idx] = to_rgb(frame, self._scale_to)
                 if idx >= last:
                     break
         except Exception as e:
@@ -239,10 +371,12 @@ class PyAVVideo:
 DECODERS = {"decord": DecordVideo, "pyav": PyAVVideo}
 
 
-def open_video(path: str, decoder: str = "decord", num_threads: int = 1) -> DecordVideo | PyAVVideo:
-    """Open ``path`` with the named decoder; raises :class:`DecodeError` on any failure."""
+def open_video(path: str, decoder: str = "decord", num_threads: int = 1,
+               short_side: int | None = None) -> DecordVideo | PyAVVideo:
+    """Open ``path`` with the named decoder, frames at ``short_side`` when the file is larger (see the
+    module docstring); raises :class:`DecodeError` on any failure."""
     try:
         cls = DECODERS[decoder]
     except KeyError:
         raise ValueError(f"data.decoder={decoder!r}; expected one of {sorted(DECODERS)}") from None
-    return cls(path, num_threads=num_threads)
+    return cls(path, num_threads=num_threads, short_side=short_side)

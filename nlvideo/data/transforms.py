@@ -12,6 +12,8 @@ never from global state.
   [256, 320]), random ``crop x crop`` square (224), horizontal flip with probability 0.5. The crop
   is taken from the source frame and resized once (``resized_crop``): the same as resizing the whole
   frame and then cropping, up to rounding the crop box to source pixels, and several times cheaper.
+  Frames decoded at ``max_scale`` (the dataset's default for larger videos) get the same draws as
+  the native frames, given the video's ``native_size``; at ``max_scale`` the crop is a plain crop.
 * test: short side resized to ``scale``; ``num_crops`` squares of ``crop`` spread along the long
   side (3 crops: left/centre/right for landscape, top/centre/bottom for portrait, as PySlowFast's
   ``uniform_crop``); 1 crop is the centre crop.
@@ -79,7 +81,11 @@ def train_transform(
     mean: float | Sequence[float],
     std: float | Sequence[float],
     hflip: bool = True,
+    native_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
+    """``native_size``: ``(H, W)`` of the video when ``frames`` were decoded smaller (at the largest
+    scale, :mod:`nlvideo.data.decode`): scale, crop box and flip are drawn on the native size, exactly
+    as for native frames, and the box is then mapped to the decoded pixels."""
     if not crop_size <= min_scale <= max_scale:
         raise ValueError(
             f"need crop_size <= min_scale <= max_scale, got {crop_size}, {min_scale}, {max_scale}"
@@ -87,7 +93,7 @@ def train_transform(
     scale = rng.randint(min_scale, max_scale)
     x = _to_tchw(frames)
     src_h, src_w = x.shape[-2:]
-    h, w = scaled_size(src_h, src_w, scale)
+    h, w = scaled_size(*(native_size or (src_h, src_w)), scale)
     top = rng.randint(0, h - crop_size)
     left = rng.randint(0, w - crop_size)
     if (h, w) == (src_h, src_w):
