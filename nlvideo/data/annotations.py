@@ -47,6 +47,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -112,7 +113,7 @@ def _resolve(root: Path, rel: str) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """UTF-8 whatever the locale, without the byte-order mark that spreadsheet tools write (it would
     otherwise become part of the first path, class name or CSV column name). Line ends are kept as
     they are (``splitlines`` and the csv module handle CRLF). Other bytes (a Latin-1 export) are an
@@ -135,7 +136,7 @@ def read_class_file(path: Path) -> list[str]:
     """``classes.txt`` (one name per line) or ``classids.json`` (``{name: index}``)."""
     if path.suffix == ".json":
         try:
-            mapping = json.loads(_read_text(path))
+            mapping = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(
                 f"{path}:{e.lineno}: invalid JSON ({e.msg}); expected {{class_name: index}}"
@@ -152,7 +153,7 @@ def read_class_file(path: Path) -> list[str]:
             names[idx] = str(name)
         return [n for n in names if n is not None]
     names = []
-    for lineno, raw in enumerate(_read_text(path).splitlines(), 1):
+    for lineno, raw in enumerate(read_text(path).splitlines(), 1):
         line = raw.strip()
         if not line:
             continue
@@ -186,7 +187,7 @@ def _read_list_lines(list_file: Path) -> list[tuple[str, str, str]]:
     """(path, label, 'file:line') for each non-blank, non-comment line."""
     _require_file(list_file, "annotation list")
     out = []
-    for lineno, raw in enumerate(_read_text(list_file).splitlines(), 1):
+    for lineno, raw in enumerate(read_text(list_file).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -370,6 +371,21 @@ def read_kinetics_folder(
     return records, class_names
 
 
+def read_exclude_list(path: str | Path, root: str | Path) -> set[str]:
+    """Videos to leave out (``data.exclude_list``, as ``python -m nlvideo.data.check`` writes it): one path
+    per line, relative to ``root`` or absolute, optionally followed by a tab and a reason; blank lines and
+    ``#`` comments are ignored. Paths come back normalised (``os.path.normpath``), to be compared with
+    the normalised paths of the records."""
+    path, root = Path(path), Path(root)
+    _require_file(path, "data.exclude_list")
+    out = set()
+    for raw in read_text(path).splitlines():
+        entry = raw.split("\t", 1)[0].strip()
+        if entry and not entry.startswith("#"):
+            out.add(os.path.normpath(_resolve(root, entry)))
+    return out
+
+
 def parse_charades_actions(text: str, num_classes: int, source: str) -> list[Action]:
     """``"c092 11.90 21.20;c147 0.00 12.60"`` -> actions; unusable times become ``None``."""
     actions = []
@@ -405,7 +421,7 @@ def read_charades_csv(
     _require_file(csv_file, "Charades annotation CSV")
     records = []
     first_seen: dict[str, str] = {}
-    with io.StringIO(_read_text(csv_file), newline="") as f:
+    with io.StringIO(read_text(csv_file), newline="") as f:
         reader = csv.DictReader(f)
         missing = {"id", "actions"} - set(reader.fieldnames or [])
         if missing:
@@ -469,7 +485,7 @@ def charades_class_names(num_classes: int, class_file: str | Path | None = None)
         return names
     class_file = Path(class_file)
     _require_file(class_file, "Charades class file")
-    for lineno, raw in enumerate(_read_text(class_file).splitlines(), 1):
+    for lineno, raw in enumerate(read_text(class_file).splitlines(), 1):
         line = raw.strip()
         if not line:
             continue

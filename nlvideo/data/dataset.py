@@ -32,6 +32,7 @@ multi-label data; ``video_index``/``view_index`` int64; ``valid`` bool; ``failur
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -388,11 +389,38 @@ def _data_format(cfg: Mapping) -> tuple[DataFormat, bool, int | None]:
     return fmt, multi_label, number(cfg, "num_classes", integer=True, at_least=1, optional=True)
 
 
+def _exclude_list(cfg: Mapping) -> Path | None:
+    """``data.exclude_list``: a file, or null. Configs saved before the key existed (in checkpoints, read
+    back by predict.py and export) lack it, which means the same: nothing is excluded."""
+    value = cfg.get("exclude_list")
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"data.exclude_list={shown(value)} must be a file (as python -m nlvideo.data.check "
+                         "writes it) or null")
+    return None if value is None else Path(value).expanduser()
+
+
+def _without_excluded(cfg: Mapping, root: Path, split: str, records: list[ann.VideoRecord]
+                      ) -> list[ann.VideoRecord]:
+    """``records`` less the videos of ``data.exclude_list`` (relative paths: from the working directory),
+    with one log line counting them."""
+    path = _exclude_list(cfg)
+    if path is None:
+        return records
+    excluded = ann.read_exclude_list(path, root)
+    kept = [r for r in records if os.path.normpath(r.path) not in excluded]
+    log.info("%s: %d of %d videos left out by data.exclude_list=%s", split, len(records) - len(kept),
+             len(records), path)
+    if not kept:
+        raise ValueError(f"data.exclude_list={path} leaves no {split} video")
+    return kept
+
+
 def check_data_config(cfg: Mapping) -> None:
     """Check every value of the ``data`` config that the pipeline reads, without touching a file:
     :func:`nlvideo.engine.config.validate_config` runs it so that ``data.sampling_rate=0`` or
     ``data.std=0`` is one line at start-up, not a traceback (or a wrong clip) at the first batch."""
     _data_format(cfg)
+    _exclude_list(cfg)
     number(cfg, "batch_size", integer=True, at_least=1)
     for split in SPLITS:
         clip_spec(cfg, split)
@@ -400,7 +428,8 @@ def check_data_config(cfg: Mapping) -> None:
 
 
 def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
-    """Dataset for ``split`` in {"train", "val", "test"} from the ``data`` config group."""
+    """Dataset for ``split`` in {"train", "val", "test"} from the ``data`` config group, less the videos of
+    ``data.exclude_list`` when it is set."""
     spec = clip_spec(cfg, split)
     root = data_root(cfg)
     fmt, multi_label, num_classes = _data_format(cfg)
@@ -413,4 +442,5 @@ def build_dataset(cfg: Mapping, split: str) -> VideoDataset:
     if class_file is not None:
         class_file = root / str(class_file)  # relative to the root; an absolute path stays as it is
     records, class_names = fmt.read(cfg, root, split, num_classes, class_file)
+    records = _without_excluded(cfg, root, split, records)
     return VideoDataset(records, class_names, split, spec, multi_label=multi_label)
