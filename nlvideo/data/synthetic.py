@@ -200,21 +200,12 @@ def write_mp4(
     ``faststart`` puts the mp4 index (moov) before the frame data, as web videos have it; ``gop`` is the
     key-frame interval (x264's default, 250 frames, when None).
     """
-    import av
+    from nlvideo.data.prepare.encode import H264Writer
 
-    t, h, w, _ = frames.shape
-    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset, **({"g": str(gop)} if gop else {})}
-        stream.codec_context.thread_count = 1
+    _, h, w, _ = frames.shape
+    with H264Writer(path, w, h, fps, crf=crf, preset=preset, gop=gop, faststart=faststart) as writer:
         for frame in frames:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            ):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write_rgb(frame)
 
 
 def factor_accuracy(truth: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
