@@ -67,14 +67,15 @@ def test_torchrun_two_processes_matches_one_process(one_process, synthetic_root,
     assert e1 == pytest.approx(epoch_loss(two), rel=0.01)
 
 
-def node_command(endpoint: str, run_dir: Path, root: Path) -> list[str]:
+def node_command(endpoint: str, run_dir: Path, root: Path, *overrides: str) -> list[str]:
     """One "node" of a two-node job: the command docs/training.md gives, with 1 worker instead of 8 GPUs.
     The same on every node: the c10d rendezvous numbers the nodes as they join (torchrun ignores
-    --node_rank with it)."""
+    --node_rank with it). ``trainer.device=cpu``: two one-process "nodes" on one machine must not share
+    a GPU through nccl."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
             "--rdzv_id=nlvideo_two_nodes", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "train.py",
             *tiny_overrides(root), *COMMON, "data.batch_size=2", f"hydra.run.dir={run_dir}",
-            "trainer.device=cpu"]  # two one-process "nodes" on one machine must not share a GPU via nccl
+            "trainer.device=cpu", *overrides]
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """Multi-process jobs whose ranks disagree or whose launcher goes away (real 2-process torchrun, gloo):
 ranks reading different lists fail at start-up with one line instead of hanging after the shorter
 epoch; a stopped (SIGSTOPped) rank ends the job with a clear error within ``trainer.dist_timeout_min``;
-a SIGTERMed or SIGKILLed launcher makes its workers checkpoint and exit instead of training on."""
+a SIGTERMed or SIGKILLed launcher makes its workers checkpoint and exit instead of training on; in a
+two-node job (two torchrun agents on loopback) whose worker dies, the other node stops with one error
+line instead of hanging."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import pytest
 import torch
 
 from nlvideo.engine import checkpoint as ck
+from tests.slurm_cluster import free_port
+from tests.test_distributed_torchrun import node_command
 from tests.test_reliability_distributed import TORCHRUN, children, rank_of
 from tests.test_train_run import REPO, app_env, tiny_overrides
 
@@ -117,3 +121,47 @@ def test_workers_checkpoint_and_stop_when_the_launcher_is_signalled_or_dies(synt
     (path,) = ck.list_checkpoints(run_dir / "checkpoints")
     state = torch.load(path, map_location="cpu", weights_only=False)
     assert 2 <= state["iteration"] < 8 and len(state["rng"]) == 2
+
+
+def _two_nodes(synthetic_root: Path, run_dir: Path, logs: list[Path], timeout_min: float
+               ) -> list[subprocess.Popen]:
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = []
+    for log in logs:
+        with log.open("w") as f:
+            procs.append(subprocess.Popen(
+                node_command(endpoint, run_dir, synthetic_root, "trainer.epochs=2",
+                             "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10",
+                             f"trainer.dist_timeout_min={timeout_min}"),
+                cwd=REPO, env=app_env(), text=True, stdout=f, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _kill_rank_1_after_iteration_3(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    deadline = time.monotonic() + 180
+    while not any(re.search(r"\] +it 3 +loss", log.read_text()) for log in logs):  # checkpoint 2 exists
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            "".join(log.read_text() for log in logs)[-3000:]
+        time.sleep(0.2)
+    workers = {rank_of(c): c for p in procs for c in children(p.pid)}
+    os.kill(workers[1], signal.SIGKILL)
+
+
+def test_two_nodes_without_restarts_the_survivor_stops_with_a_clear_error(synthetic_root, tmp_path):
+    """No infinite hang: the node whose worker died exits, and the other one's worker, left in a
+    collective, ends with one error line within trainer.dist_timeout_min."""
+    run_dir, logs = tmp_path / "run", [tmp_path / f"node{i}.log" for i in (0, 1)]
+    procs = _two_nodes(synthetic_root, run_dir, logs, timeout_min=0.25)
+    try:
+        _kill_rank_1_after_iteration_3(procs, logs)
+        t0 = time.monotonic()
+        codes = [p.wait(timeout=120) for p in procs]
+        took = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+    out = "".join(log.read_text() for log in logs)
+    assert all(code != 0 for code in codes), out[-4000:]
+    assert took < 0.25 * 60 + 60, took
+    assert "training finished" not in out
+    assert "error: a collective with the other processes failed" in out, out[-4000:]

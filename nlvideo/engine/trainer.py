@@ -173,7 +173,8 @@ def log_data(train_ds, val_ds) -> None:
     fewer classes than the classifier has (e.g. labels 0/1 with data.num_classes=400)."""
     for split, ds in (("train", train_ds), ("val", val_ds)):
         if ds is not None:
-            sources = sorted({r.source.rsplit(":", 1)[0] for r in ds.records if r.source})
+            sources = sorted({file for file, _, line in (r.source.rpartition(":") for r in ds.records)
+                              if file and line.isdigit()})  # "list:line"; folder formats have none
             log.info("%s: %d videos, %d classes (%s)%s", split, ds.num_videos, ds.num_classes,
                      "multi-label" if ds.multi_label else "single-label",
                      f" from {', '.join(sources)}" if sources else "")
