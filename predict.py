@@ -1,12 +1,16 @@
-"""Label videos with a trained checkpoint: top-k classes by name, eval.py's multi-view test.
+"""Label videos with a trained checkpoint or published weights: top-k classes by name, eval.py's
+multi-view test.
 
     python predict.py checkpoint=outputs/train/i3d_nl5/<time>/checkpoints/checkpoint_XXX.pt video=clip.mp4
     python predict.py checkpoint=... video=videos/ views=1 output=json > predictions.json
     python predict.py checkpoint=... video=[a.mp4,b.mp4] topk=3 device=cpu
+    python predict.py model=i3d_nl5 model.pretrained=I3D_NLN_8x8_R50.pkl classes=classids.json video=clip.mp4
 
 Keys (configs/predict.yaml): ``views=paper`` (10 clips x 3 crops) | ``1`` | ``<clips>x<crops>``,
-``topk``, ``output=text|json``, ``device``, ``batch_size``. Unreadable videos are skipped with their
-reason; the exit status is 1 when none could be read. The job is :func:`nlvideo.predict.run`.
+``topk``, ``output=text|json``, ``device``, ``batch_size``; for published weights ``model=``,
+``model.pretrained=``, ``classes=`` (a class file), ``data=`` (kinetics400) and ``clip=`` (8x8).
+Unreadable videos are skipped with their reason; the exit status is 1 when none could be read. The
+job is :func:`nlvideo.predict.run`.
 """
 
 from pathlib import Path

@@ -22,12 +22,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.models import ConfigError, VideoResNet, build_video_resnet
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_names(group: str) -> list[str]:
+    """The choices of config group ``group`` (``model``, ``data``, ``clip``, ...), sorted."""
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def group_config(group: str, name: str) -> DictConfig:
+    """``configs/<group>/<name>.yaml`` as written (its ``defaults`` list not merged): what ``group=name``
+    selects on the command line, for code that runs outside Hydra's composition."""
+    path = CONFIGS / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(config_names(group))}")
+    return OmegaConf.load(path)
 
 
 def list_models() -> list[str]:
     """The names ``create_model`` (and ``train.py model=NAME``) accepts, sorted."""
-    return sorted(p.stem for p in MODEL_CONFIGS.glob("*.yaml"))
+    return config_names("model")
 
 
 def model_config(name: str, num_classes: int, **overrides: Any) -> dict[str, Any]:
@@ -58,16 +72,14 @@ def create_model(
 
 def _load(name: str) -> DictConfig:
     """``configs/model/<name>.yaml`` merged with the model configs its ``defaults`` list names."""
-    path = MODEL_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    node = OmegaConf.load(path)
+    node = group_config("model", name)
     defaults = list(node.pop("defaults", None) or ())
     if "_self_" not in defaults:
         defaults.append("_self_")
     merged = OmegaConf.create()
     for entry in defaults:
         if not isinstance(entry, str):
-            raise ConfigError(f"{path}: defaults entry {entry!r} is not the name of a model config")
+            raise ConfigError(f"{CONFIGS / 'model' / name}.yaml: defaults entry {entry!r} is not the name "
+                              "of a model config")
         merged = OmegaConf.merge(merged, node if entry == "_self_" else _load(entry))
     return merged

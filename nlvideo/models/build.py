@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nlvideo.models.pretrained import adapt_spec, load_checkpoint_into, read_checkpoint
+from nlvideo.models.pretrained import Checkpoint, adapt_spec, load_checkpoint_into, read_checkpoint
 from nlvideo.models.resnet import VideoResNet
-from nlvideo.models.spec import make_spec
+from nlvideo.models.spec import ModelSpec, make_spec
 
 
 def build_video_resnet(**cfg: Any) -> VideoResNet:
@@ -23,7 +23,12 @@ def build_video_resnet(**cfg: Any) -> VideoResNet:
     spec = make_spec(**cfg)
     if not spec.pretrained:
         return VideoResNet(spec)
-    ckpt = read_checkpoint(spec.pretrained, spec.depth)
+    return build_pretrained(spec, read_checkpoint(spec.pretrained, spec.depth))
+
+
+def build_pretrained(spec: ModelSpec, ckpt: Checkpoint) -> VideoResNet:
+    """The model of ``spec`` with the options ``ckpt``'s weights need (:func:`adapt_spec`), loaded with
+    them: for callers that have read the file already (a published file can be hundreds of MiB)."""
     model = VideoResNet(adapt_spec(spec, ckpt))
     load_checkpoint_into(model, ckpt)
     return model

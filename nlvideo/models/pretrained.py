@@ -519,19 +519,22 @@ def inflate_state_dict(model: nn.Module, state_dict_2d: Mapping[str, torch.Tenso
 _NORMALIZATION_OVERRIDE = re.compile(r"^[+~]*data\.(mean|std)=")
 
 
-def apply_pretrained_to_config(cfg: Any, overrides: Sequence[str]) -> Trained | None:
+def apply_pretrained_to_config(
+    cfg: Any, overrides: Sequence[str], ckpt: Checkpoint | None = None
+) -> Trained | None:
     """Write what ``cfg.model.pretrained``'s weights were trained with into the run config ``cfg``: the
     model options they need (:func:`required_options`; so the config a checkpoint stores describes the
     model that was trained) and their input normalisation as ``data.mean``/``std``, unless the command
     line (``overrides``, Hydra's task overrides) sets either. Logs each change. Call it where the run
-    config is composed, before the data and the model are built; None without ``model.pretrained``."""
+    config is composed, before the data and the model are built; None without ``model.pretrained``.
+    ``ckpt``: that file as :func:`read_checkpoint` returned it, when the caller has read it already."""
     source = cfg.model.get("pretrained")
     if not source:
         return None
     if source == "torchvision":  # no options, and no download just for the normalisation
         trained, options, fmt = Trained(IMAGENET), {}, "torchvision"
     else:
-        ckpt = read_checkpoint(str(source))
+        ckpt = ckpt or read_checkpoint(str(source))
         trained, options, fmt = ckpt.trained, required_options(ckpt), ckpt.format
     for key, value in options.items():
         _announce(fmt, key, OmegaConf.select(cfg.model, key), value)
