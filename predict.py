@@ -22,6 +22,13 @@ import nlvideo  # noqa: F401  (compat shim: must precede torchvision/pytorchvide
 from nlvideo.engine.cli import prepare_argv, run_job
 from nlvideo.predict import run
 
+KEYS = """
+  checkpoint=PATH             a train.py checkpoint (model, classes, views come from it)
+  video=FILE|DIR|[a.mp4,b.mp4]  what to label        views=paper|1|<clips>x<crops>   topk=N
+  output=text|json            device=auto|cpu|cuda    batch_size=N (views per forward pass)
+  model=NAME model.pretrained=FILE classes=FILE       published weights instead of checkpoint=
+"""
+
 
 @hydra.main(config_path="configs", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
@@ -29,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv(Path(__file__).resolve().parent / "configs")
+    prepare_argv(Path(__file__).resolve().parent / "configs", __doc__, KEYS)
     main()

@@ -11,12 +11,13 @@ from tests.test_train_run import REPO, run_app
 @pytest.mark.parametrize(("script", "flag", "expected"), [
     ("train.py", "--help", "Train a video classifier"),
     ("eval.py", "-h", "checkpoint=PATH             required"),
+    ("predict.py", "--help", "video=FILE|DIR|[a.mp4,b.mp4]"),
 ])
 def test_help_describes_the_script_groups_and_keys(script, flag, expected):
     before = set((REPO / "outputs").glob("*")) if (REPO / "outputs").exists() else set()
     r = run_app(script, flag, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert expected in r.stdout
-    assert "  model       c2d, c2d_nl1," in r.stdout and "trainer.device=auto|cpu|cuda" in r.stdout
+    assert "  model       c2d, c2d_nl1," in r.stdout and "device=auto|cpu|cuda" in r.stdout
     after = set((REPO / "outputs").glob("*")) if (REPO / "outputs").exists() else set()
     assert after == before  # no Hydra run dir was made
