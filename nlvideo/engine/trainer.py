@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.data.annotations import output_order
 from nlvideo.data.dataset import class_usage_warning
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
@@ -235,14 +236,15 @@ def load_weights_for_finetuning(net: torch.nn.Module, path: str, class_names: li
     saved = ckpt_io.load_checkpoint(path)
     state, theirs = dict(saved["model"]), saved.get("class_names")
     head = [k for k in state if k.startswith(CLASSIFIER)]
-    if theirs is not None and sorted(theirs) == sorted(class_names) and list(theirs) != class_names:
-        rows = torch.tensor([list(theirs).index(c) for c in class_names])
-        state.update({k: state[k][rows] for k in head})
-        log.info("classifier rows of %s reordered by class name to this data's class order", path)
-    elif theirs is not None and sorted(theirs) != sorted(class_names):
+    try:
+        rows = output_order(theirs, class_names)
+    except ValueError as exc:  # other classes: the classifier starts afresh
         state = {k: v for k, v in state.items() if k not in head}
-        log.info("new classifier: %s was trained on %d classes (%s), this data has %d (%s)", path,
-                 len(theirs), _preview(theirs), len(class_names), _preview(class_names))
+        log.info("new classifier: %s was trained on other classes than this data's (%s)", path, exc)
+    else:
+        if rows is not None:
+            state.update({k: state[k][torch.tensor(rows)] for k in head})
+            log.info("classifier rows of %s reordered by class name to this data's class order", path)
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(saved["model"]) - set(usable))
