@@ -264,12 +264,14 @@ def preempt_signals(cfg: DictConfig) -> list[str]:
 def start_or_resume(loop: Loop) -> TrainState:
     """A fresh state, or everything a checkpoint holds restored: the newest valid checkpoint of the run
     dir (``trainer.resume=auto``) or ``trainer.resume=PATH``."""
-    path = decide_on_main(lambda: checkpoint_to_resume(loop))
-    return resume(loop, path) if path else TrainState()
+    loaded: dict[str, dict] = {}  # rank 0 read the newest valid checkpoint whole: not read it twice
+    path = decide_on_main(lambda: checkpoint_to_resume(loop, loaded))
+    return resume(loop, path, loaded.get(path)) if path else TrainState()
 
 
-def checkpoint_to_resume(loop: Loop) -> str | None:
-    """Rank 0: which checkpoint to resume, refusing whatever would mix two runs' files in one run dir."""
+def checkpoint_to_resume(loop: Loop, loaded: dict[str, dict]) -> str | None:
+    """Rank 0: which checkpoint to resume, refusing whatever would mix two runs' files in one run dir.
+    A checkpoint it had to read whole (to know it is valid) is left in ``loaded``."""
     wanted, d = loop.cfg.trainer.resume, loop.ckpt_dir
     existing = ckpt_io.list_checkpoints(d)
     if wanted in (None, "null", False):
@@ -282,7 +284,9 @@ def checkpoint_to_resume(loop: Loop) -> str | None:
         found = ckpt_io.load_latest_valid(d)
         if found is None:
             log.info("no valid checkpoint in %s: starting from scratch", d)
-        return str(found[0]) if found else None
+            return None
+        loaded[str(found[0])] = found[1]
+        return str(found[0])
     path = Path(str(wanted))
     theirs = ckpt_io.run_id_of(path)
     if theirs is None:
@@ -297,10 +301,12 @@ def checkpoint_to_resume(loop: Loop) -> str | None:
     return str(path)
 
 
-def resume(loop: Loop, path: str) -> TrainState:
-    """Weights, optimizer, LR schedule position, AMP scaler, loop position and RNG of checkpoint ``path``,
-    after checking that it is a checkpoint of this model on these classes."""
-    saved = ckpt_io.load_checkpoint(path, map_location="cpu")
+def resume(loop: Loop, path: str, saved: dict | None = None) -> TrainState:
+    """Weights, optimizer, LR schedule position, AMP scaler, loop position and RNG of checkpoint ``path``
+    (``saved``: its contents, if already read), after checking that it is a checkpoint of this model on
+    these classes."""
+    if saved is None:
+        saved = ckpt_io.load_checkpoint(path, map_location="cpu")
     check_resumable(loop, saved, path)
     try:
         loop.net.load_state_dict(saved["model"])
