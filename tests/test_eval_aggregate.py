@@ -59,3 +59,23 @@ def test_predictions_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[0]["video"] == "a.mp4" and rows[0]["label"] == "x" and rows[0]["pred"] == "x"
     assert rows[1]["top2"] == "z;x" or rows[1]["top2"] == "z;y"
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_class_order_permutes_the_probabilities_exactly(multi_label):
+    """A test list that orders the model's classes differently scores exactly as the model's own order
+    (the mapping is applied to the probabilities: permuting logits changes the softmax's summation order
+    and with it the last bits), and the loss is the same."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 5, generator=g)
+    labels = (torch.rand(64, 5, generator=g) > 0.5).float() if multi_label else torch.randint(0, 5, (64,),
+                                                                                            generator=g)
+    order = [3, 0, 4, 1, 2]  # data class j is model output order[j]
+    data_labels = labels[:, order] if multi_label else torch.argsort(torch.tensor(order))[labels]
+    videos = torch.arange(64)
+    own = VideoScoreAggregator(64, 5, multi_label)
+    own.update(logits, labels, videos)
+    mapped = VideoScoreAggregator(64, 5, multi_label, output_order=order)
+    mapped.update(logits, data_labels, videos)
+    assert torch.equal(mapped.scores, own.scores[:, order])
+    assert torch.equal(mapped.loss_sum, own.loss_sum)

@@ -44,8 +44,13 @@ def clip_losses(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -
 class VideoScoreAggregator:
     """Running per-video sum of clip probabilities, plus each video's label and the summed clip loss."""
 
-    def __init__(self, num_videos: int, num_classes: int, multi_label: bool):
+    def __init__(self, num_videos: int, num_classes: int, multi_label: bool,
+                 output_order: list[int] | None = None):
+        """``output_order[j]``: the model output that scores the data's class ``j`` (None: output j).
+        Probabilities are computed in the model's order and then permuted, so a model evaluated on a
+        list that orders its classes differently scores exactly as on its own order."""
         self.multi_label = multi_label
+        self.order = None if output_order is None else torch.tensor(output_order)
         self.scores = torch.zeros(num_videos, num_classes, dtype=torch.float64)
         self.counts = torch.zeros(num_videos, dtype=torch.float64)
         label_shape = (num_videos, num_classes) if multi_label else (num_videos,)
@@ -67,11 +72,21 @@ class VideoScoreAggregator:
             return
         logits, labels, video_index = logits[keep], labels[keep], video_index[keep]
         probs = clip_probabilities(logits, self.multi_label)
-        self.loss_sum += clip_losses(logits, labels, self.multi_label).double().sum()
+        self.loss_sum += clip_losses(logits, self._in_model_order(labels), self.multi_label).double().sum()
+        if self.order is not None:
+            probs = probs[:, self.order]
         self.scores.index_add_(0, video_index, probs.double())
         self.counts.index_add_(0, video_index, torch.ones(len(video_index), dtype=torch.float64))
         self.label_sum[video_index] = labels.double()  # every view of a video has the same label
         self.label_seen[video_index] = 1.0
+
+    def _in_model_order(self, labels: torch.Tensor) -> torch.Tensor:
+        """The data's labels as the model's class indices (or columns, multi-label)."""
+        if self.order is None:
+            return labels
+        if self.multi_label:
+            return labels[:, torch.argsort(self.order)]
+        return self.order[labels.long()]
 
     def reduce(self) -> None:
         """Sum the accumulators over ranks (call on every rank)."""
@@ -159,15 +174,17 @@ def write_json(path: str | os.PathLike, obj) -> None:
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes: int, multi_label: bool,
                    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-                   progress: Progress | None = None) -> VideoScoreAggregator:
+                   progress: Progress | None = None,
+                   output_order: list[int] | None = None) -> VideoScoreAggregator:
     """Forward every clip of ``loader`` and aggregate per video (all-reduced over ranks).
 
     Padding that a DistributedSampler-style sampler adds to even out ranks is dropped, so each view is
-    counted once. ``forward(model, clip) -> logits``; ``progress`` ticks once per batch.
+    counted once. ``forward(model, clip) -> logits``; ``progress`` ticks once per batch;
+    ``output_order``: see :class:`VideoScoreAggregator`.
     """
     was_training = model.training
     model.eval()
-    agg = VideoScoreAggregator(num_videos, num_classes, multi_label)
+    agg = VideoScoreAggregator(num_videos, num_classes, multi_label, output_order)
     info = du.info()
     n_items = len(loader.dataset)
     seen = 0
@@ -189,13 +206,14 @@ def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes:
 
 
 def evaluate_dataset(model: torch.nn.Module, loader, ds, forward: Callable[[torch.nn.Module, torch.Tensor],
-                     torch.Tensor], trainer_cfg, desc: str) -> VideoScoreAggregator:
+                     torch.Tensor], trainer_cfg, desc: str,
+                     output_order: list[int] | None = None) -> VideoScoreAggregator:
     """:func:`run_evaluation` over every view of dataset ``ds`` with the progress display that
     ``trainer.progress`` / ``trainer.log_period`` ask for (validation in training, and eval.py)."""
     progress = Progress(loader, total=len(loader), desc=desc, mode=trainer_cfg.progress,
                         log_period=int(trainer_cfg.log_period))
     try:
         return run_evaluation(model, loader, ds.num_videos, ds.num_classes, bool(ds.multi_label), forward,
-                              progress=progress)
+                              progress=progress, output_order=output_order)
     finally:
         progress.close()

@@ -31,7 +31,6 @@ from nlvideo.engine.evaluate import (
 from nlvideo.engine.logging import setup_rank_logging
 from nlvideo.engine.report import write_report
 from nlvideo.engine.runtime import (
-    Forward,
     build_model,
     build_split,
     make_forward,
@@ -105,13 +104,14 @@ def evaluate(cfg: DictConfig) -> int:
     device = setup_runtime(cfg, info.rank)
 
     ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size))
-    forward = scored_by_class_name(make_forward(cfg, device), state.get("class_names"), ds.class_names, path)
+    order = outputs_for_data_classes(state.get("class_names"), ds.class_names, path)
     net = build_model(cfg, device)
     if "model" in state:
         net.load_state_dict(state["model"])
     log.info("testing %s (%s, iteration %d) on %d videos x %d views", path, cfg.model.name,
              state.get("iteration", -1), ds.num_videos, ds.num_views)
-    agg = evaluate_dataset(net, loader, ds, forward, cfg.trainer, desc="test")
+    agg = evaluate_dataset(net, loader, ds, make_forward(cfg, device), cfg.trainer, desc="test",
+                           output_order=order)
     bad_videos = BadVideoReport()
     bad_videos.update(bad_videos.new(agg.failures.items()), "its views are not scored")
     if agg.counts.count_nonzero() == 0:  # every rank has the reduced counts: all of them stop
@@ -138,26 +138,19 @@ def load_checkpoint_for_testing(path: Path) -> dict:
     return state
 
 
-def scored_by_class_name(forward: Forward, model_classes: list[str] | None, data_classes: list[str],
-                         path: Path) -> Forward:
-    """``forward`` whose output columns follow the test data's classes: mapped by name when the data
-    orders the checkpoint's classes differently, refused in one line when the classes differ (a model
-    scores only what it was trained on)."""
+def outputs_for_data_classes(model_classes: list[str] | None, data_classes: list[str],
+                             path: Path) -> list[int] | None:
+    """For each test-data class, the model output that scores it (None: output i is class i): mapped by
+    name when the data orders the checkpoint's classes differently, refused in one line when the
+    classes differ (a model scores only what it was trained on)."""
     try:
         order = output_order(model_classes, data_classes)
     except ValueError as exc:
         raise ConfigError(f"checkpoint={path} does not fit the test data: {exc}") from None
-    if order is None:
-        return forward
-    log.info("the test data lists the checkpoint's %d classes in another order: outputs mapped to the test "
-             "data's classes by name", len(order))
-    index = torch.tensor(order)
-
-    def reordered(model: torch.nn.Module, clip: torch.Tensor) -> torch.Tensor:
-        logits = forward(model, clip)
-        return logits.index_select(1, index.to(logits.device))
-
-    return reordered
+    if order is not None:
+        log.info("the test data lists the checkpoint's %d classes in another order: outputs mapped to the "
+                 "test data's classes by name", len(order))
+    return order
 
 
 def write_outputs(run_dir: Path, cfg: DictConfig, ds, agg: VideoScoreAggregator, path: Path,
