@@ -425,7 +425,8 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
             loop.tb.flush()
         else:
             log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
-                     state.iteration, state.best, loop.bad_videos.count)
+                     state.iteration, "none" if state.best is None else f"{state.best:.2f}",
+                     loop.bad_videos.count)
         return 0
     except (NonFiniteLossError, CheckpointWriteError) as exc:
         log.error("%s", exc)
