@@ -35,6 +35,15 @@ from nlvideo.data.synthetic import write_mp4
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_name() -> str:
+    """The CPU model for benchmark headers (the architecture where /proc/cpuinfo does not say)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def make_videos(
     root: Path, count: int, seconds: float = 10, width: int = 340, height: int = 256, fps: int = 30,
     gop: int | None = None,

@@ -116,7 +116,10 @@ def main() -> None:
                     print(f"  {size} {decoder} {split}: full size {full}, scaled {scaled}", flush=True)
                     rows.append((size, decoder, split, full, scaled))
     print()
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; {platform.python_version()}; one torch thread; "
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_data import cpu_name  # after the measurements: the children import only what they use
+
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {platform.python_version()}; one torch thread; "
           f"clip 32x2 (kinetics400.yaml); fastest of {a.clips} clips per cell; peak = RSS high-water mark "
           f"added to the ~{rows[0][3]['base_mib']:.0f} MiB after imports")
     print()
@@ -126,14 +129,6 @@ def main() -> None:
     for size, decoder, split, full, scaled in rows:
         print(f"| {size} | {decoder} | {split} | {full['added_mib']:.0f} | {scaled['added_mib']:.0f} "
               f"| {full['ms']:.0f} | {scaled['ms']:.0f} |")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 if __name__ == "__main__":

@@ -125,14 +125,6 @@ def best_of(rounds: int, fns: dict) -> dict:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def main(argv: list[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["1280x720", "340x256"],
@@ -178,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             print(f"  10x3 test views: downloaded {r[raw][0]:.2f}s, prepared {r[prep][0]:.2f}s", flush=True)
     out = [
         "",
-        f"CPU: {_cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, torch "
+        f"CPU: {bench_data.cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, torch "
         f"{torch.__version__}; decord, one decoder thread, one torch thread per process; "
         f"{a.videos} videos per size, {a.seconds:g} s at 30 fps, downloads key frame every {a.source_gop}, "
         f"prepared --short-side {a.short_side} --gop {a.gop}; best of {a.rounds} interleaved rounds; "
