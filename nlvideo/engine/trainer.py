@@ -110,6 +110,11 @@ class Loop:
     def ckpt_dir(self) -> Path:
         return Path(self.run_dir or ".") / "checkpoints"
 
+    def last_checkpoint(self) -> str:
+        """The newest checkpoint file of the run dir, for error messages ("none" if there is none)."""
+        found = ckpt_io.list_checkpoints(self.ckpt_dir)
+        return str(found[-1]) if found else "none"
+
     def steps_in_epoch(self, epoch: int) -> int:
         return min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch)
 
@@ -509,11 +514,10 @@ def train_step(loop: Loop, state: TrainState, batch: dict,
         loop.bad_videos.update(new_bad, "replaced by another training video")
     loss_avg = float(reduced[0] / reduced[2])
     if not math.isfinite(loss_avg):
-        last = (ckpt_io.list_checkpoints(loop.ckpt_dir) or [None])[-1]
         raise NonFiniteLossError(
             f"loss is {loss_avg} at iteration {state.iteration + 1} (epoch {state.epoch + 1}, step "
-            f"{state.step + 1}/{steps}); stopping. Last good checkpoint: {last or 'none'}. Try a lower "
-            "optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
+            f"{state.step + 1}/{steps}); stopping. Last good checkpoint: {loop.last_checkpoint()}. Try a "
+            "lower optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
     grad_norm = update_weights(loop, loss)
     lrs = [group["lr"] for group in loop.optimizer.param_groups]
     loop.scheduler.step()
@@ -657,10 +661,9 @@ def save(loop: Loop, state: TrainState) -> Path | None:
                                        keep_last=int(loop.cfg.trainer.checkpoint.keep_last),
                                        _while_writing=loop.faults.while_writing(state.iteration))
     except (OSError, RuntimeError) as exc:  # torch.save's zip writer reports a failed write as RuntimeError
-        last = (ckpt_io.list_checkpoints(loop.ckpt_dir) or [None])[-1]
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
         raise CheckpointWriteError(f"could not write the checkpoint of iteration {state.iteration} to "
                                    f"{loop.ckpt_dir} ({reason[:200]}); stopping. Last good checkpoint: "
-                                   f"{last or 'none'}") from None
+                                   f"{loop.last_checkpoint()}") from None
     log.info("saved %s", path)
     return path
