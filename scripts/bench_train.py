@@ -22,8 +22,8 @@ peak is an 8192² matmul (4096² on CPU).
 
 ``--threads`` sets ``torch.set_num_threads`` in each worker (default: torch's own choice, one
 thread per core); ratios are computed between rows of the same variant and thread count.
-``compile`` is ``torch.compile`` (inductor) on the channels-last-3d model; its compilation happens
-in the untimed warm-up steps (``--warmup`` >= 1, the default).
+``compile`` is ``torch.compile`` (inductor) on the channels-last-3d model, ``bf16_compile`` the same
+under bf16 autocast; compilation happens in the untimed warm-up steps (``--warmup`` >= 1, the default).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import nlvideo  # noqa: F401
 from nlvideo.engine.config import resolve_device
 from nlvideo.models import to_channels_last_3d
 
-VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile")
+VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "bf16_compile")
 MODELS = ("c2d", "i3d", "i3d_nl5", "ptv_i3d")
 
 
@@ -76,11 +76,11 @@ def worker(
     model = model.to(device).train()
     x = torch.randn(batch, 3, frames, size, size, device=device)
     y = torch.randint(0, 400, (batch,), device=device)
-    if variant in ("channels_last", "bf16_channels_last", "compile"):
+    if variant != "fp32" and variant != "bf16":  # every other variant is channels-last
         model = to_channels_last_3d(model)  # as train.py does it
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    step_model = torch.compile(model, dynamic=False) if variant == "compile" else model
+    step_model = torch.compile(model, dynamic=False) if variant.endswith("compile") else model
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
 
     def step() -> None:

@@ -6,7 +6,8 @@
 #
 #   BUDGET_S=480   seconds for the whole run; a step gets min(its box, what is left) and is skipped when
 #                  less than 20 s are left, so the script ends inside the budget
-#   STEPS="..."    the steps to run, in this order (default: env fixed gpu bench_nl bench_train);
+#   TRAIN_VARIANTS bench_train's variants (default: channels_last bf16_channels_last)
+#   STEPS="..."    the steps to run, in the order given (default: env fixed gpu bench_nl bench_train);
 #                  also: suite (the whole test suite on CUDA, xdist), bench_compile (torch.compile rows)
 #
 # Python packages the machine lacks (no package index there) can travel as wheels in .whl/; they are
@@ -16,6 +17,7 @@ set -uo pipefail
 out=${1:-${OUT:-gpu_checks_out}}
 budget=${BUDGET_S:-480}
 steps=" ${STEPS:-env fixed gpu bench_nl bench_train} "
+TRAIN_VARIANTS=${TRAIN_VARIANTS:-channels_last bf16_channels_last}
 mkdir -p "$out"
 summary=$out/summary.md
 export PYTHONUNBUFFERED=1
@@ -36,11 +38,10 @@ fi
 } >"$summary"
 tails=""
 
-# step NAME BOX_SECONDS FILE COMMAND...: run COMMAND into OUT_DIR/FILE if NAME is in STEPS, within the box.
+# step NAME BOX_SECONDS FILE COMMAND...: run COMMAND into OUT_DIR/FILE within the box.
 step() {
   local name=$1 box=$2 file=$3
   shift 3
-  [[ $steps == *" $name "* ]] || return 0
   local left=$((budget - SECONDS))
   if ((left < 20)); then
     echo "| $name | skipped: budget spent | 0 | |" >>"$summary"
@@ -76,14 +77,21 @@ nl_rows=("T=8) res3 emb-gauss B=8 fp32 sub" "T=8) res3 emb-gauss B=8 bf16 sub")
 train_bench=(python3 scripts/bench_train.py --device cuda --models i3d i3d_nl5 ptv_i3d --batch 32 --steps 6
              --warmup 2)
 
-step env 60 env.txt bash -c "$environment"
-step fixed 240 pytest_fixed.log "${pytest[@]}" "${formerly_failing[@]}"
-step gpu 240 pytest_gpu.log "${pytest[@]}" -m gpu tests/test_gpu.py tests/test_reliability_numerics.py
-step bench_nl 150 bench_nonlocal.md python3 scripts/bench_nonlocal.py --device cuda --full --repeat 10 \
-  --warmup 3 --only "${nl_rows[@]}"
-step bench_train 180 bench_train.md "${train_bench[@]}" --variants channels_last bf16_channels_last
-step bench_compile 240 bench_compile.md "${train_bench[@]}" --variants compile
-step suite 600 pytest_suite.log "${pytest[@]}" -m "not slurm" -n 8 --continue-on-collection-errors tests
+run_step() {
+  case $1 in
+    env) step env 60 env.txt bash -c "$environment" ;;
+    fixed) step fixed 240 pytest_fixed.log "${pytest[@]}" "${formerly_failing[@]}" ;;
+    gpu) step gpu 240 pytest_gpu.log "${pytest[@]}" -m gpu tests/test_gpu.py tests/test_reliability_numerics.py ;;
+    bench_nl) step bench_nl 150 bench_nonlocal.md python3 scripts/bench_nonlocal.py --device cuda --full \
+      --repeat 10 --warmup 3 --only "${nl_rows[@]}" ;;
+    bench_train) step bench_train 180 bench_train.md "${train_bench[@]}" --variants ${TRAIN_VARIANTS} ;;
+    bench_compile) step bench_compile 240 bench_compile.md "${train_bench[@]}" --variants bf16_compile ;;
+    suite) step suite 300 pytest_suite.log python3 -m pytest -v -p no:cacheprovider -rfE -m "not slurm" -n 12 \
+      --continue-on-collection-errors tests ;;  # -v: a failing test's name is in the log as it fails
+    *) echo "| $1 | unknown step | 0 | |" >>"$summary" ;;
+  esac
+}
+for name in $steps; do run_step "$name"; done
 
 printf '%s\n' "$tails" >>"$summary"
 cat "$summary"
