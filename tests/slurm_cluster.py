@@ -147,6 +147,10 @@ class SlurmCluster:
         self._wait_for(lambda: (m / "munge.socket").exists(), timeout, "munged to open its socket")
         self._spawn("slurmctld", "-D", "-f", str(self.conf))
         self._spawn("slurmd", "-D", "-f", str(self.conf))
+        self.wait_until_idle(timeout)
+
+    def wait_until_idle(self, timeout: float) -> None:
+        """Return once ``sinfo`` shows the node idle: no job on it, none still completing."""
         self._wait_for(lambda: self.node_state() == "idle", timeout, "the node to be idle in sinfo")
 
     def _wait_for(self, ready, timeout: float, what: str) -> None:

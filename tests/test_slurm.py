@@ -107,11 +107,14 @@ def test_preemption_checkpoints_requeues_and_resumes_bit_exact(stop, shell_got, 
     assert stopped and int(stopped[1]) < 40, first[-4000:]
     assert re.search(rf"\[slurm_train\] .* SIG{shell_got}: stop the workers \(they checkpoint\), then "
                      rf"requeue job {job}\n", first), first[-4000:]
-    # A requeued job waits (BeginTime) before it may start again; a test need not.
-    slurm.run("scontrol", "update", f"jobid={job}", "starttime=now")
+    # A requeued job waits (BeginTime) before it may start again, and a test need not wait as long; but
+    # it must not start within the second its first run's credential was revoked in: slurmd would refuse
+    # it ("Killing non-startable batch JobId=N: Job credential revoked") and the job end FAILED unrun.
+    slurm.wait_until_idle(60)
+    slurm.run("scontrol", "update", f"jobid={job}", "starttime=now+2")
     info = slurm.wait_for_state(job, FINISHED, JOB_TIMEOUT)
     text = read(out)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-4000:]
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-4000:] + slurm.log_tail(30)
     assert re.search(rf"resumed from \S+checkpoint_{int(stopped[1]):09d}\.pt", text), text[-4000:]
     assert "training finished: 40 iterations" in text
 
