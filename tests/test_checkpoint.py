@@ -115,3 +115,39 @@ def test_run_dir_lock_refuses_a_second_holder_naming_the_first(tmp_path):
         holder.wait()
     with RunDirLock(tmp_path):  # the kernel released the dead holder's lock
         pass
+
+
+def _held_elsewhere(run_dir) -> bool:
+    """Whether another open of the lock file (as another process's would) finds the dir held."""
+    import fcntl
+
+    fd = os.open(run_dir / ".nlvideo.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_run_log_file_holds_the_run_dir_until_closed_and_train_shares_the_hold(tmp_path, monkeypatch):
+    """The job's log file takes the lock before Hydra writes .hydra/ (hydra/job_logging=nlvideo);
+    train()'s own RunDirLock in the same process must not then find the dir busy."""
+    from nlvideo.engine.run_lock import RunDirLock, RunLogFile
+
+    for key in ("RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    log_file = RunLogFile(str(tmp_path / "train.log"))
+    assert _held_elsewhere(tmp_path)
+    assert f"pid {os.getpid()} since" in (tmp_path / ".nlvideo.lock").read_text()
+    with RunDirLock(tmp_path):  # train()'s lock: shares the hold
+        pass
+    assert _held_elsewhere(tmp_path)  # train() ended, the job (and its log file) still holds the dir
+    log_file.close()  # Hydra configures the next job of a sweep, or the process exits
+    assert not _held_elsewhere(tmp_path)
+
+    monkeypatch.setenv("RANK", "1")  # a rank > 0 (submitit) logs into rank 0's dir: it does not lock
+    other_rank = RunLogFile(str(tmp_path / "train.log"))
+    assert not _held_elsewhere(tmp_path)
+    other_rank.close()

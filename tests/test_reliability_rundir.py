@@ -114,6 +114,39 @@ def test_second_process_on_a_held_run_dir_refuses_or_waits(synthetic_root, tmp_p
     assert iterations(run_dir) == [1]
 
 
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_second_train_on_a_busy_run_dir_refuses_before_writing_anything(synthetic_root, tmp_path):
+    """Hydra wrote the second command's .hydra/config.yaml, hydra.yaml and overrides.yaml over the
+    running first one's (and opened its train.log) before train() took the lock and refused."""
+    run_dir = tmp_path / "busy_run"
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *tiny_overrides(synthetic_root), "trainer.eval_period=0",
+         "trainer.epochs=100", "trainer.checkpoint.every_iters=0", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in first.stdout:
+            if "epoch 1/100 [1/4]" in line:  # training: the lock is held, .hydra and train.log written
+                break
+        else:
+            pytest.fail(f"the first run ended with status {first.wait()} before training")
+        first.send_signal(signal.SIGSTOP)  # frozen, lock held: its files stay as they are
+        before = _files(run_dir)
+        assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", ".nlvideo.lock"} <= set(before)
+        r = train(synthetic_root, run_dir, "model.dropout=0.3", "trainer.max_iters=1")
+        assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+        (message,) = r.stderr.strip().splitlines()
+        assert message.startswith(f"error: run dir {run_dir} is in use by host ") and \
+            f"pid {first.pid} since" in message, message
+        assert _files(run_dir) == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        first.communicate(timeout=60)
+
+
 def _train_until(synthetic_root: Path, run_dir: Path, *steps: tuple[str, int]) -> tuple[int, str]:
     """Train one epoch; send each ``(after_this_line, signal)`` in turn. (returncode, output)"""
     proc = subprocess.Popen(

@@ -5,17 +5,26 @@ processes training into one run dir would interleave their checkpoints and delet
 temporary files. The lock makes the second one refuse at once with one line naming the holder, or
 wait for it (``trainer.wait_for_run_dir=true``). The kernel drops the lock when its holder dies, so a
 killed run never leaves a stale lock behind; the file itself only records who holds it.
+
+Hydra writes into the run dir (``.hydra/*.yaml``, the job's log file) before the job function runs, so
+the lock is taken earlier than ``train()``: the job's log file is :class:`RunLogFile`
+(``configs/hydra/job_logging/nlvideo.yaml``), and Hydra configures logging after it has made the run
+dir and before it writes anything there. A process holds its run dir once: ``train()``'s own
+:class:`RunDirLock` on the same dir shares the hold it already has.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
 LOCK_NAME = ".nlvideo.lock"
+_held: dict[str, list[int]] = {}  # lock file -> [fd, holders]: the run dirs this process holds
 
 
 class RunDirBusy(RuntimeError):
@@ -32,7 +41,14 @@ class RunDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        if self._fd is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _held:  # this process holds the dir already (its log file took it): share that hold
+            _held[key][1] += 1
+            self._fd = _held[key][0]
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         announced = False
         while True:
@@ -55,6 +71,7 @@ class RunDirLock:
                  .encode())
         os.fsync(fd)
         self._fd = fd
+        _held[key] = [fd, 1]
 
     def holder(self) -> str:
         """What the holder wrote about itself ("host H pid P since T"), or "" if unknown."""
@@ -64,10 +81,19 @@ class RunDirLock:
             return ""
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        """Give up this hold; the lock itself is dropped when the process's last hold on the dir ends."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        key = os.path.realpath(self.path)
+        if _held.get(key, [None])[0] != fd:  # released already, by another holder of this process
+            return
+        _held[key][1] -= 1
+        if _held[key][1] > 0:
+            return
+        del _held[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     def __enter__(self) -> RunDirLock:
         self.acquire()
@@ -75,3 +101,35 @@ class RunDirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RunLogFile(logging.FileHandler):
+    """The job's log file (``<run dir>/<job name>.log``), opened once this process holds the run dir.
+
+    Hydra builds it when it configures the job's logging, after making the run dir and before writing
+    ``.hydra/*.yaml`` there, so a second job on a dir in use refuses (one ``error:`` line, exit status
+    2, as :func:`nlvideo.engine.cli.run_job` does) or waits (``wait``: ``trainer.wait_for_run_dir``)
+    before it writes anything. Only rank 0 locks (ranks > 0 of a torchrun job have no log file; those
+    of a submitit job share rank 0's dir). The hold ends when Hydra configures the next job of a sweep
+    (which closes this handler) or when the process exits.
+    """
+
+    def __init__(self, filename: str, wait: bool = False, **kwargs):
+        from nlvideo.engine.distributed import env_rank
+
+        self.run_dir_lock: RunDirLock | None = None
+        if env_rank() == 0:
+            lock = RunDirLock(Path(filename).parent, wait=wait is True)
+            try:
+                lock.acquire()
+            except RunDirBusy as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            self.run_dir_lock = lock
+        super().__init__(filename, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        if self.run_dir_lock is not None:
+            self.run_dir_lock.release()
+            self.run_dir_lock = None
