@@ -22,7 +22,7 @@ KEYS = """
   data.batch_size=N           clips per process        data.num_workers=N   loader processes
   optim.lr=X                  base rate for optim.reference_batch_size clips (linear scaling)
   trainer.epochs=N | trainer.max_iters=N              trainer.eval_period=N (0: no validation)
-  trainer.amp=off|bf16|fp16   trainer.device=auto|cpu|cuda   trainer.compile=true
+  trainer.amp=auto|off|bf16|fp16   trainer.device=auto|cpu|cuda   trainer.compile=true
   trainer.resume=auto|null|PATH  (auto: continue the run dir's newest valid checkpoint)
   trainer.init_weights=PATH   fine-tune from a checkpoint's weights    model.pretrained=PATH|torchvision
   hydra.run.dir=DIR           the run's folder (rerun the same command with it to resume)

@@ -44,6 +44,7 @@ CASES = [
     (["data.target_fps=0"], "data.target_fps=0 must be null or a finite number > 0"),
     (["data.val.num_clips=0"], "data.val.num_clips=0 must be an integer >= 1"),
     (["trainer.epochs=1.5"], "trainer.epochs=1.5 must be an integer >= 1"),
+    (["trainer.sync_period=0"], "trainer.sync_period=0 must be auto or an integer >= 1"),
     (["optim.lr=inf"], "optim.lr=inf must be a finite number > 0"),
     (["data.std=0"], "data.std=0 must be a finite number > 0 or a list of 3 (one per RGB channel)"),
     # ... or that failed with a traceback, several only at the first batch

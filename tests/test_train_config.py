@@ -29,7 +29,7 @@ def test_defaults_and_paper_recipes_are_valid(tmp_path):
         (["optim.lr=-0.1"], r"optim.lr=-0.1 must be a finite number > 0"),
         (["optim.schedule=poly"], r"optim.schedule='poly' is not allowed; choose one of: step, cosine"),
         (["data.num_frames=3"], r"data.num_frames=3 does not fit model.input_variant=8x8"),
-        (["trainer.amp=fp8"], r"trainer.amp='fp8' is not allowed; choose one of: off, bf16, fp16"),
+        (["trainer.amp=fp8"], r"trainer.amp='fp8' is not allowed; choose one of: auto, off, bf16, fp16"),
         (["trainer.amp=fp16", "trainer.device=cpu"], r"trainer.amp=fp16 needs CUDA"),
         (["data=kinetics400"], r"data.root is required for data=kinetics400: pass data.root="),
         (["trainer.progress=fancy"], r"trainer.progress='fancy' is not allowed"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,6 +152,42 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(synthetic_ro
     assert "loss is nan at iteration 3" in r.stdout
     assert "Last good checkpoint: " in r.stdout and "checkpoint_000000002.pt" in r.stdout
     assert [p.name for p in (run_dir / "checkpoints").glob("*.pt")] == ["checkpoint_000000002.pt"]
+
+
+def iteration_lines(text: str) -> list[str]:
+    """The per-iteration progress lines' fields, without timestamps and speeds."""
+    return re.findall(r"(epoch \d/\d \[\d/\d\]  it \d+  loss \S+  lr \S+)", text)
+
+
+@pytest.mark.slow
+def test_reading_the_device_every_few_steps_changes_nothing_else(reference_run, synthetic_root, tmp_path):
+    """``trainer.sync_period=3`` (the GPU default is log_period): the host reads the steps' losses in
+    groups, yet logs the same per-iteration lines and epoch totals and ends on the same weights."""
+    run_dir = tmp_path / "sync3"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, "trainer.checkpoint.every_iters=0",
+                "trainer.sync_period=3", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    reference = (reference_run / "train.log").read_text()
+    assert len(iteration_lines(reference)) == 8
+    assert iteration_lines(r.stdout) == iteration_lines(reference)
+    done = [ln.split(" - ", 1)[1] for ln in reference.splitlines() if " done: " in ln]
+    assert len(done) == 2 and all(line in r.stdout for line in done), (done, r.stdout[-2000:])
+    want = load_model_state(reference_run / "checkpoints" / "checkpoint_000000008.pt")
+    got = load_model_state(run_dir / "checkpoints" / "checkpoint_000000008.pt")
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+
+
+def test_nan_loss_read_late_still_names_its_iteration_and_saves_nothing_after(synthetic_root, tmp_path):
+    """With the host reading every 3 steps, a NaN at iteration 2 is found at the read after iteration 3,
+    before that iteration's checkpoint is written."""
+    run_dir = tmp_path / "nan_late"
+    r = run_app("train.py", *tiny_overrides(synthetic_root), "trainer.epochs=1", "trainer.eval_period=0",
+                "trainer.sync_period=3", "trainer.checkpoint.every_iters=3", "trainer.debug.nan_at_iter=2",
+                f"hydra.run.dir={run_dir}")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "loss is nan at iteration 2 (epoch 1, step 2/4)" in r.stdout
+    assert "Last good checkpoint: none" in r.stdout
+    assert not list(run_dir.glob("checkpoints/*.pt"))
 
 
 @pytest.mark.parametrize(

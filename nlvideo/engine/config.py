@@ -22,7 +22,7 @@ from nlvideo.engine.logging import PROGRESS_MODES
 from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS
 from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
 
-AMP_MODES = (None, "off", "bf16", "fp16")
+AMP_MODES = (None, "off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -160,11 +160,14 @@ def _validate(cfg: DictConfig, needs_train: bool) -> None:
     device = resolve_device(t.device)
     _need(device.type != "cuda" or torch.cuda.is_available(), "trainer.device=cuda but CUDA is not available")
     amp = t.amp if t.amp not in (False, "off") else None
-    _need(amp in AMP_MODES, f"trainer.amp={t.amp!r} is not allowed; choose one of: off, bf16, fp16")
+    _need(amp in AMP_MODES, f"trainer.amp={t.amp!r} is not allowed; choose one of: auto, off, bf16, fp16")
     _need(not (amp == "fp16" and device.type == "cpu"),
           "trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or trainer.amp=off")
     number(t, "cpu_threads", "trainer", integer=True, at_least=1, optional=True)
     number(t, "log_period", "trainer", integer=True, at_least=1)
+    period = t.get("sync_period", "auto")
+    _need(period == "auto" or (type(period) is int and period >= 1),
+          f"trainer.sync_period={shown(period)} must be auto or an integer >= 1")
     choice(t, "progress", PROGRESS_MODES, "trainer")
     check_data_config(cfg.data)
 

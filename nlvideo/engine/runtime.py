@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import hydra
 import numpy as np
@@ -46,6 +46,10 @@ def setup_runtime(cfg: DictConfig, rank: int) -> torch.device:
         torch.backends.cudnn.benchmark = True
     seed_everything(int(cfg.seed) + rank)
     device = resolve_device(cfg.trainer.device)
+    # TensorFloat-32 for fp32 matmuls and convolutions (Ampere and newer); cuDNN convolutions use it by
+    # default already, matmuls only when asked.
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.trainer.get("tf32", True))
+    torch.backends.cudnn.allow_tf32 = bool(cfg.trainer.get("tf32", True))
     if device.type == "cuda":  # the GPU init_distributed made current; several ranks may share one
         device = torch.device("cuda", du.cuda_index(du.info().local_rank, torch.cuda.device_count()))
     return device
@@ -57,12 +61,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def amp_mode(requested: Any, device: torch.device) -> str | None:
+    """``trainer.amp`` as ``bf16``, ``fp16`` or None (off). ``auto`` is bf16 on a CUDA device that has it
+    (Ampere and newer; no loss scaling needed) and off on a CPU, where bf16 autocast is slower than fp32
+    unless the CPU has AMX."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return None if requested in (None, False, "off") else str(requested)
+
+
 def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    amp = cfg.trainer.amp
-    if amp in (None, False, "off"):
+    amp = amp_mode(cfg.trainer.amp, device)
+    if amp is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def make_forward(cfg: DictConfig, device: torch.device) -> Forward:

@@ -1,13 +1,16 @@
 """The training job, top to bottom (``train.py`` is its Hydra entry point; docs/training.md the guide).
 
-    train               check config -> lock the run dir (run_lock) -> data (same on every rank) ->
+    train               check config -> hold the run dir's lock (run_lock; the job's log handler took it
+                        before Hydra wrote there) -> data (same on every rank) ->
                         Loop (model, optimizer, schedule) -> resume -> epochs
       build_loop        model (+ fine-tuning weights, SyncBN, DDP, compile), optimizer, schedule, scaler
       start_or_resume   newest valid checkpoint of the run dir (or trainer.resume=PATH) -> TrainState;
                         refuses what would mix two runs (checkpoint_to_resume, check_resumable)
       run_epochs        per epoch: train_one_epoch, then validate, then an epoch-end checkpoint
         train_one_epoch   the steps of one epoch, logging and mid-epoch checkpoints
-          train_step        forward, loss, one all-reduce (loss, hits, stop signal, bad videos), update
+          train_step        forward, loss, backward, update; nothing read back from the device
+          sync_steps        every trainer.sync_period steps: one all-reduce of the steps' loss, hits,
+                            stop signals and bad videos; the NaN check
         validate          precise BN, multi-view validation, best metric, metrics.json, metrics.csv,
                           the attention of one NL block (TensorBoard)
       save              a checkpoint of the Loop's weights and the TrainState (collective; rank 0 writes)
@@ -52,6 +55,7 @@ from nlvideo.engine.preemption import PreemptionHandler
 from nlvideo.engine.run_lock import RunDirBusy, RunDirLock
 from nlvideo.engine.runtime import (
     Forward,
+    amp_mode,
     build_model,
     build_split,
     dataset_fingerprint,
@@ -91,6 +95,7 @@ class Loop:
     per_rank_batch: int
     iters_per_epoch: int
     total_iters: int
+    sync_period: int = 1  # steps between the host's reads of the device (trainer.sync_period)
     run_dir: Path | None = None
     meta: dict = field(default_factory=dict)  # stored in every checkpoint: config, overrides, classes
     tb: TensorBoard = field(default_factory=lambda: TensorBoard(None, enabled=False))
@@ -222,11 +227,20 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
     return Loop(
         cfg=cfg, net=net, model=model, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optim, iters_per_epoch, total_iters),
-        scaler=torch.amp.GradScaler(device.type) if t.amp == "fp16" else None,
+        scaler=torch.amp.GradScaler(device.type) if amp_mode(t.amp, device) == "fp16" else None,
         forward=make_forward(cfg, device), multi_label=multi_label, per_rank_batch=per_rank_batch,
-        iters_per_epoch=iters_per_epoch, total_iters=total_iters, run_dir=run_dir, meta=meta,
+        iters_per_epoch=iters_per_epoch, total_iters=total_iters, sync_period=sync_period(t, device),
+        run_dir=run_dir, meta=meta,
         tb=TensorBoard(str(run_dir / "tb"), enabled=bool(t.tensorboard)),
         preemption=PreemptionHandler(preempt_signals(cfg)), faults=faults)
+
+
+def sync_period(t: DictConfig, device: torch.device) -> int:
+    """``trainer.sync_period``; ``auto``: every step on a CPU, where reading a result costs nothing, and
+    every ``log_period`` steps on a GPU, where each read stalls the host until the GPU's queue drains."""
+    if t.get("sync_period", "auto") != "auto":
+        return int(t.sync_period)
+    return 1 if device.type == "cpu" else int(t.log_period)
 
 
 CLASSIFIER = "head.fc."  # the parameters whose rows are classes
@@ -457,72 +471,123 @@ def stop_on_signal(loop: Loop, state: TrainState) -> int:
 
 def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     """Steps ``state.step`` .. end of ``state.epoch``; True if a stop signal arrived (the caller then
-    checkpoints at ``state``)."""
+    checkpoints at ``state``). The host reads the steps' results every ``loop.sync_period`` steps, before
+    a checkpoint and at the epoch's end (:func:`sync_steps`); in between, a GPU runs ahead unstalled."""
     t = loop.cfg.trainer
     steps = loop.steps_in_epoch(state.epoch)
-    every, log_period = int(t.checkpoint.every_iters), int(t.log_period)
-    window, grad_norms = Meter(), []
-    loop.model.train()
-    progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=log_period,
+    every = int(t.checkpoint.every_iters)
+    progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=int(t.log_period),
                         desc=f"epoch {state.epoch + 1}/{loop.num_epochs}", initial=state.step)
+    shown = EpochLog(progress, steps)
+    loop.model.train()
+    pending: list[StepRecord] = []
     tic = time.perf_counter()
-    for step in progress:
+    for step in range(state.step, steps):
         try:
             batch = next(batches)
         except StopIteration:
             log.warning("training loader ended after %d of %d steps", step, steps)
             break
-        data_time = time.perf_counter() - tic
-        reduced, lrs, grad_norm = train_step(loop, state, batch, steps)
-        grad_norms.append(grad_norm)
+        pending.append(train_step(loop, state, batch, data_time=time.perf_counter() - tic))
         state.step = step + 1
-        iter_time = time.perf_counter() - tic
-        window.add(reduced, data_time, iter_time)
-        state.epoch_sum.add(reduced, data_time, iter_time)
-        progress.update(it=state.iteration, loss=float(reduced[0] / reduced[2]), lr=lrs[0],
-                        clips_s=window.n / max(window.time, 1e-9))  # the window's, as TensorBoard's
-        if window.iters >= log_period or state.step == steps:
-            log_window(loop, window, lrs, grad_norms, state.iteration)
-            window, grad_norms = Meter(), []
-        if reduced[3] > 0:
-            progress.close()
-            return True
-        if every and state.iteration % every == 0 and state.step < steps:
-            save(loop, state)
+        pending[-1].iter_time = time.perf_counter() - tic
+        checkpoint_due = every and state.iteration % every == 0 and state.step < steps
+        if checkpoint_due or state.step == steps or len(pending) >= loop.sync_period:
+            stop = shown.add(loop, state, pending, sync_steps(loop, state, pending, steps))
+            pending = []
+            if stop:
+                shown.progress.close()
+                return True
+            if checkpoint_due:
+                save(loop, state)
         tic = time.perf_counter()
-    progress.close()
+    if pending:  # the loader ended early
+        shown.add(loop, state, pending, sync_steps(loop, state, pending, steps))
+    shown.progress.close()
     log_epoch(loop, state)
     return False
 
 
-def train_step(loop: Loop, state: TrainState, batch: dict,
-               steps: int) -> tuple[torch.Tensor, list[float], torch.Tensor]:
-    """One optimizer step on ``batch``. Returns the all-reduced (loss x clips, top-1 hits, clips, stop
-    requests, new unreadable videos, replaced reads), the learning rate of each parameter group the
-    step used and the gradient norm before clipping."""
-    new_bad = loop.bad_videos.new(batch.get("failures") or [])
+@dataclass
+class StepRecord:
+    """One optimizer step, as the host reads it at the next sync."""
+
+    on_device: torch.Tensor  # this rank's (loss x clips, top-1 hits), float64, not yet read
+    on_host: list[float]  # this rank's (clips, stop requested, new unreadable videos, replaced reads)
+    new_bad: dict[str, str]  # unreadable videos this rank had not reported: path -> reason
+    iteration: int  # the global iteration the step completed
+    step: int  # the step's number in its epoch (1-based)
+    lrs: list[float]  # each parameter group's learning rate in the step
+    grad_norm: torch.Tensor  # before clipping
+    data_time: float
+    iter_time: float = 0.0
+
+
+def train_step(loop: Loop, state: TrainState, batch: dict, data_time: float) -> StepRecord:
+    """One optimizer step on ``batch``, without reading anything back from the device."""
+    failures = batch.get("failures") or []
+    new_bad = loop.bad_videos.new(failures)
     logits = loop.forward(loop.model, batch["clip"])
     labels = batch["label"].to(logits.device, non_blocking=True)
     loss = loop.faults.loss(loop.loss(logits, labels), state.iteration + 1)
-    # One all-reduce per iteration: it is also every rank's NaN check and stop-signal agreement.
     b = labels.shape[0]
-    correct = 0.0 if loop.multi_label else float((logits.argmax(1) == labels).sum())
-    reduced = du.all_reduce_sum(torch.tensor(
-        [float(loss.detach()) * b, correct, float(b), float(loop.preemption.received is not None),
-         float(len(new_bad)), float(len(batch.get("failures") or []))], dtype=torch.float64))
-    if reduced[4] > 0:
-        loop.bad_videos.update(new_bad, "replaced by another training video")
-    loss_avg = float(reduced[0] / reduced[2])
-    if not math.isfinite(loss_avg):
-        raise NonFiniteLossError(
-            f"loss is {loss_avg} at iteration {state.iteration + 1} (epoch {state.epoch + 1}, step "
-            f"{state.step + 1}/{steps}); stopping. Last good checkpoint: {loop.last_checkpoint()}. Try a "
-            "lower optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
-    grad_norm = update_weights(loop, loss)
+    hits = torch.zeros((), device=logits.device) if loop.multi_label else (logits.argmax(1) == labels).sum()
+    on_device = torch.stack([loss.detach().double() * b, hits.double()])
+    stop = loop.preemption.received is not None
+    on_host = [float(b), float(stop), float(len(new_bad)), float(len(failures))]
     lrs = [group["lr"] for group in loop.optimizer.param_groups]
+    grad_norm = update_weights(loop, loss)
     loop.scheduler.step()
     state.iteration += 1
-    return reduced, lrs, grad_norm
+    return StepRecord(on_device, on_host, new_bad, state.iteration, state.step + 1, lrs, grad_norm, data_time)
+
+
+def sync_steps(loop: Loop, state: TrainState, records: list[StepRecord], steps: int) -> torch.Tensor:
+    """Read ``records`` back and sum each step over ranks in one all-reduce: it is also every rank's NaN
+    check and stop-signal agreement. Returns one row per step: (loss x clips, top-1 hits, clips, stop
+    requests, new unreadable videos, replaced reads), float64 on the CPU. A non-finite loss raises
+    :class:`NonFiniteLossError` naming its iteration (no checkpoint is written after it)."""
+    rows = torch.cat([torch.stack([r.on_device for r in records]).cpu(),
+                      torch.tensor([r.on_host for r in records], dtype=torch.float64)], dim=1)
+    rows = du.all_reduce_sum(rows)
+    losses = rows[:, 0] / rows[:, 2]
+    for record, loss in zip(records, losses.tolist(), strict=True):
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at iteration {record.iteration} (epoch {state.epoch + 1}, step "
+                f"{record.step}/{steps}); stopping. Last good checkpoint: {loop.last_checkpoint()}. Try a "
+                "lower optim.lr, optim.clip_grad_norm=10 or trainer.amp=off.")
+    if rows[:, 4].sum() > 0:
+        new_bad: dict[str, str] = {}
+        for record in records:
+            for path, reason in record.new_bad.items():
+                new_bad.setdefault(path, reason)
+        loop.bad_videos.update(new_bad, "replaced by another training video")
+    return rows
+
+
+@dataclass
+class EpochLog:
+    """What the host shows of an epoch: the progress display, the logging window (TensorBoard) and the
+    epoch's totals, fed with each sync's steps in order."""
+
+    progress: Progress
+    steps: int
+    window: Meter = field(default_factory=Meter)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, loop: Loop, state: TrainState, records: list[StepRecord], rows: torch.Tensor) -> bool:
+        """Account for the synced steps; True if a rank asked to stop."""
+        for record, reduced in zip(records, rows, strict=True):
+            self.window.add(reduced, record.data_time, record.iter_time)
+            state.epoch_sum.add(reduced, record.data_time, record.iter_time)
+            self.grad_norms.append(record.grad_norm)
+            self.progress.update(it=record.iteration, loss=float(reduced[0] / reduced[2]), lr=record.lrs[0],
+                                 clips_s=self.window.n / max(self.window.time, 1e-9))  # as TensorBoard's
+            if self.window.iters >= self.progress.log_period or record.step == self.steps:
+                log_window(loop, self.window, record.lrs, self.grad_norms, record.iteration)
+                self.window, self.grad_norms = Meter(), []
+        return bool(rows[:, 3].sum() > 0)
 
 
 def update_weights(loop: Loop, loss: torch.Tensor) -> torch.Tensor:
