@@ -6,6 +6,10 @@ DistributedSampler) and start from the same weights; DDP averages gradients over
 They are not bit-identical because BatchNorm statistics are per process (SyncBatchNorm has no
 CPU/gloo implementation): a rank normalises over its 2 clips instead of 4. We require every logged
 per-iteration loss to agree within 2% relative, and the epoch loss within 1%.
+
+Device: the 1-process reference trains on the device the compared job trains on (trainer.device=auto:
+the GPU where there is one, whose two ranks then share SyncBatchNorm statistics; the two "nodes" pin
+the CPU), so that the tolerance measures DDP, not the difference between CPU and GPU arithmetic.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.slurm_cluster import free_port
@@ -32,14 +38,29 @@ def _losses(text: str) -> list[float]:
     return [float(m) for m in re.findall(r"\[\d+/4\]  it \d+  loss ([0-9.]+)", text)]
 
 
+# What trainer.device=auto trains on, and the process group of two ranks on it: gloo on a CPU and for
+# two ranks sharing one GPU (nccl refuses that), nccl where each rank has a GPU of its own.
+AUTO_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+AUTO_BACKEND = "nccl" if torch.cuda.device_count() >= 2 else "gloo"
+
+
 @pytest.fixture(scope="module")
-def one_process(synthetic_root, tmp_path_factory) -> tuple[list[float], float]:
-    """Per-iteration losses and the epoch loss of the 1-process reference (global batch 4)."""
-    one = tmp_path_factory.mktemp("torchrun") / "one"
-    r1 = run_app("train.py", *tiny_overrides(synthetic_root), *COMMON, "data.batch_size=4",
-                 f"hydra.run.dir={one}")
-    assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
-    return _losses(r1.stdout), epoch_loss(one)
+def one_process(synthetic_root, tmp_path_factory) -> Callable[[str], tuple[list[float], float]]:
+    """``one_process(device)``: per-iteration losses and the epoch loss of the 1-process reference
+    (global batch 4) on ``device`` (cpu | cuda), trained once per device."""
+    runs: dict[str, tuple[list[float], float]] = {}
+
+    def reference(device: str) -> tuple[list[float], float]:
+        if device not in runs:
+            one = tmp_path_factory.mktemp("torchrun") / f"one_{device}"
+            r1 = run_app("train.py", *tiny_overrides(synthetic_root), *COMMON, "data.batch_size=4",
+                         f"trainer.device={device}", f"hydra.run.dir={one}")
+            assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
+            assert f"| device {device}" in r1.stdout
+            runs[device] = (_losses(r1.stdout), epoch_loss(one))
+        return runs[device]
+
+    return reference
 
 
 def epoch_loss(run_dir: Path) -> float:
@@ -56,12 +77,12 @@ def test_torchrun_two_processes_matches_one_process(one_process, synthetic_root,
     r2 = subprocess.run(cmd, cwd=REPO, env=app_env(), text=True, capture_output=True, timeout=240)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     out2 = r2.stdout + r2.stderr
-    assert "2 process(es) (gloo)" in out2 and "global batch 4" in out2
+    assert f"2 process(es) ({AUTO_BACKEND}) | device {AUTO_DEVICE}" in out2 and "global batch 4" in out2
     assert out2.count("epoch 1/1 done") == 1  # logged once: rank 1 is quiet
     assert len(list((two / "tb").glob("events.out.tfevents.*"))) == 1
     assert (two / "checkpoints" / "checkpoint_000000004.pt").is_file()
 
-    l1, e1 = one_process
+    l1, e1 = one_process(AUTO_DEVICE)
     l2 = _losses(out2)
     assert len(l1) == len(l2) == 4
     assert l1 == pytest.approx(l2, rel=0.02)
@@ -101,7 +122,7 @@ def test_torchrun_two_nodes_on_loopback_match_one_process(one_process, synthetic
     assert out.count("epoch 1/1 done") == 1  # only rank 0 logs, whichever node it landed on
     assert (run_dir / "checkpoints" / "checkpoint_000000004.pt").is_file()
 
-    l1, e1 = one_process
+    l1, e1 = one_process("cpu")  # the nodes' device
     l2 = _losses(out)
     assert len(l2) == 4 and l1 == pytest.approx(l2, rel=0.02)
     assert e1 == pytest.approx(epoch_loss(run_dir), rel=0.01)

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from nlvideo.compare import compare
@@ -42,7 +43,16 @@ def test_training_logs_gradient_norm_learning_rates_validation_loss_and_attentio
     acc = events(two_runs["c2d_nl1"])
     tags = set(acc.Tags()["scalars"])
     assert {"train/grad_norm", "train/lr/group0", "train/lr/group1", "val/loss", "val/top1"} <= tags
-    assert not any(t.startswith("gpu/") for t in tags)  # CPU: no GPU memory
+    # GPU memory is logged with each logging window on CUDA only; trainer.device=auto trained on CUDA
+    # exactly where this process sees a GPU.
+    on_gpu = "| device cuda" in (two_runs["c2d_nl1"] / "train.log").read_text()
+    assert on_gpu == torch.cuda.is_available()
+    if on_gpu:
+        for tag in ("gpu/max_allocated_GiB", "gpu/reserved_GiB"):
+            assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3, 4], tag
+            assert all(0 < e.value < 80 for e in acc.Scalars(tag)), tag  # GiB, not bytes
+    else:
+        assert not any(t.startswith("gpu/") for t in tags)  # CPU: no GPU memory
     norms = acc.Scalars("train/grad_norm")
     assert [e.step for e in norms] == [1, 2, 3, 4] and all(0 < e.value < 1e3 for e in norms)
     assert [e.value for e in acc.Scalars("train/lr/group0")] == [e.value for e in acc.Scalars("train/lr")]
