@@ -6,15 +6,15 @@
     predictor = Predictor.from_pretrained("I3D_NLN_8x8_R50.pkl", "i3d_nl5", "kinetics_classes.txt")
 
 The views are the dataset's own test views: the data config gives the frames, sampling rate, scale,
-crop and normalisation, and :func:`nlvideo.data.read_clip` decodes and transforms each view as
-eval.py's loader does. Only their number is chosen here (``views``): ``paper`` is the paper's 10 clips
-x 3 crops, ``1`` the centre clip. View probabilities (softmax, or sigmoid for a multi-label task such
-as Charades) are averaged per video, as eval.py averages them. A checkpoint holds its model, data
-config, class names and task. Published weights (``model.pretrained``, docs/pretrained.md) hold
-neither class names nor a data config: the names come from a class file, the data config is
-``configs/data`` (Kinetics-400 by default), and the model and the normalisation are what
-:func:`~nlvideo.models.apply_pretrained_to_config` says the weights need, as eval.py tests them.
-``predict.py`` is the command line (:func:`run`).
+crop and normalisation, and :func:`nlvideo.data.read_views` decodes the video once for all its views
+and transforms each of them, as eval.py's loader does. Only their number is chosen here (``views``):
+``paper`` is the paper's 10 clips x 3 crops, ``1`` the centre clip. View probabilities (softmax, or
+sigmoid for a multi-label task such as Charades) are averaged per video, as eval.py averages them. A
+checkpoint holds its model, data config, class names and task. Published weights
+(``model.pretrained``, docs/pretrained.md) hold neither class names nor a data config: the names
+come from a class file, the data config is ``configs/data`` (Kinetics-400 by default), and the model
+and the normalisation are what :func:`~nlvideo.models.apply_pretrained_to_config` says the weights
+need, as eval.py tests them. ``predict.py`` is the command line (:func:`run`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nlvideo.data import ClipSpec, DecodeError, clip_spec, read_clip
+from nlvideo.data import ClipSpec, DecodeError, clip_spec, read_views
 from nlvideo.data.annotations import VIDEO_EXTENSIONS, read_class_file
 from nlvideo.engine.checkpoint import load_checkpoint
 from nlvideo.engine.config import DEVICES, resolve_device
@@ -220,12 +220,16 @@ class Predictor:
         return self.spec.num_clips * self.spec.num_crops
 
     def scores(self, video: str | os.PathLike) -> torch.Tensor:
-        """Class probabilities (K,) of ``video``, averaged over its views; :class:`DecodeError` if it
+        """Class probabilities (K,) of ``video``, averaged over its views (all read from one decode of the
+        video, then given to the model ``batch_size`` at a time); :class:`DecodeError` if one of them
         cannot be read."""
+        all_views, errors = read_views(self.spec, str(video))
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise failed
         total = torch.zeros(len(self.class_names), dtype=torch.float64)
         for start in range(0, self.num_views, self.batch_size):
-            views = range(start, min(start + self.batch_size, self.num_views))
-            clips = torch.stack([read_clip(self.spec, str(video), v)[0] for v in views])
+            clips = all_views[start : start + self.batch_size]
             with torch.inference_mode():
                 logits = self.model(clips.to(self.device)).float()
             total += clip_probabilities(logits, self.multi_label).sum(0).cpu().double()

@@ -27,6 +27,11 @@ eval.py do (once per run over all loader workers and ranks, see :mod:`nlvideo.en
 
 Returned item: ``clip`` float32 (3, T, H, W); ``label`` int64 scalar, or float32 multi-hot (K,) for
 multi-label data; ``video_index``/``view_index`` int64; ``valid`` bool; ``failures`` list.
+
+Whole videos: :class:`WholeVideos` (``val``/``test``; what eval.py loads) has one item per video,
+all its views from one decode (:func:`read_views`: each frame that any of its clips needs decoded
+once, in one ``get_batch`` call), stacked as ``clip`` (V, 3, T, H, W) with ``view_index``/``valid``
+(V,); view ``v`` is bit for bit item ``video * num_views + v`` above.
 """
 
 from __future__ import annotations
@@ -45,11 +50,11 @@ from torch.utils.data import Dataset
 
 from nlvideo.data import annotations as ann
 from nlvideo.data.config import channels, choice, flag, number, require, shown
-from nlvideo.data.decode import DECODERS, DecodeError, open_video
+from nlvideo.data.decode import DECODERS, DecodeError, DecordVideo, PyAVVideo, open_video
 from nlvideo.data.loader import loader_options
 from nlvideo.data.sampler import derive_seed
-from nlvideo.data.sampling import frame_stride, test_clip_indices, train_clip_indices
-from nlvideo.data.transforms import test_transform, train_transform
+from nlvideo.data.sampling import frame_stride, test_clip_indices, train_clip_indices, union_indices
+from nlvideo.data.transforms import test_crop, test_resize, test_transform, train_transform
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -100,15 +105,13 @@ def read_clip(
     """
     if spec.train and rng is None:
         raise ValueError("read_clip: a training spec draws its clip from rng; pass one")
-    short_side = spec.max_scale if spec.scale_on_decode else None  # no later resize needs more pixels
-    video = open_video(path, spec.decoder, spec.decode_threads, short_side)
+    video = _open(spec, path)
     try:
-        stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
         if spec.train:
+            stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
             idx = train_clip_indices(video.num_frames, spec.num_frames, stride, rng)
         else:
-            clip_idx = view // spec.num_crops
-            idx = test_clip_indices(video.num_frames, spec.num_frames, stride, clip_idx, spec.num_clips)
+            idx = _test_clips(spec, video)[view // spec.num_crops]
         frames = video.get_batch(idx)
     finally:
         video.close()
@@ -119,6 +122,81 @@ def read_clip(
     else:
         clip = test_transform(frames, spec.min_scale, crop, view % spec.num_crops, spec.num_crops, mean, std)
     return clip, idx, video.fps
+
+
+def _open(spec: ClipSpec, path: str) -> DecordVideo | PyAVVideo:
+    short_side = spec.max_scale if spec.scale_on_decode else None  # no later resize needs more pixels
+    return open_video(path, spec.decoder, spec.decode_threads, short_side)
+
+
+def _test_clips(spec: ClipSpec, video: DecordVideo | PyAVVideo) -> list[list[int]]:
+    """The frame indices of each of the ``num_clips`` temporal clips of an evaluation spec."""
+    stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
+    return [test_clip_indices(video.num_frames, spec.num_frames, stride, c, spec.num_clips)
+            for c in range(spec.num_clips)]
+
+
+def read_views(spec: ClipSpec, path: str) -> tuple[torch.Tensor, list[DecodeError | None]]:
+    """Every view of an evaluation spec from one decode of the video at ``path``: float32 (V, 3, T, H,
+    W), view ``v`` bit for bit ``read_clip(spec, path, v)[0]``, and per view None or the
+    :class:`DecodeError` that left it all zeros.
+
+    The steps: open the video once; the frame indices of the ``num_clips`` temporal clips
+    (:func:`~nlvideo.data.sampling.test_clip_indices`); their union, decoded in one ``get_batch`` call,
+    each frame once (:func:`~nlvideo.data.sampling.union_indices`); those frames resized once
+    (:func:`~nlvideo.data.transforms.test_resize`); then each view gathered from them and cropped
+    (:func:`~nlvideo.data.transforms.test_crop`). When the union cannot be decoded by the reader's own
+    path (a truncated file, a frame the decoders index differently: ``get_batch(strict=True)``), each
+    temporal clip is read as :func:`read_clip` reads it, so a clip that decoded before still does,
+    from the same frames, and one that failed fails with the same reason.
+    """
+    if spec.train:
+        raise ValueError("read_views: a training spec has no fixed views; use read_clip")
+    num_views, crops = spec.num_clips * spec.num_crops, spec.num_crops
+    out = torch.empty(num_views, 3, spec.num_frames, spec.crop_size, spec.crop_size)  # every view written
+    try:
+        video = _open(spec, path)
+    except DecodeError as e:
+        return out.zero_(), [e] * num_views
+    try:
+        union, positions = union_indices(_test_clips(spec, video))
+        frames = video.get_batch(union, strict=True)
+    except DecodeError:
+        frames = None
+    finally:
+        video.close()
+    if frames is None:
+        return _read_views_per_clip(spec, path, out)
+    resized = test_resize(frames, spec.min_scale)
+    for c, pos in enumerate(positions):
+        clip = resized[torch.tensor(pos)]
+        for k in range(crops):
+            test_crop(clip, spec.crop_size, k, crops, spec.mean, spec.std, out=out[c * crops + k])
+    return out, [None] * num_views
+
+
+def _read_views_per_clip(spec: ClipSpec, path: str, out: torch.Tensor
+                         ) -> tuple[torch.Tensor, list[DecodeError | None]]:
+    """:func:`read_views` one temporal clip at a time (open, decode its frames, resize), as
+    :func:`read_clip` reads them: for videos whose frames cannot all be decoded at once."""
+    errors: list[DecodeError | None] = []
+    crops = spec.num_crops
+    for c in range(spec.num_clips):
+        try:
+            video = _open(spec, path)
+            try:
+                frames = video.get_batch(_test_clips(spec, video)[c])
+            finally:
+                video.close()
+        except DecodeError as e:
+            out[c * crops : (c + 1) * crops].zero_()
+            errors += [e] * crops
+            continue
+        clip = test_resize(frames, spec.min_scale)
+        for k in range(crops):
+            test_crop(clip, spec.crop_size, k, crops, spec.mean, spec.std, out=out[c * crops + k])
+        errors += [None] * crops
+    return out, errors
 
 
 class VideoDataset(Dataset):
@@ -167,6 +245,28 @@ class VideoDataset(Dataset):
             labels = rec.video_labels
         return clip, self._target(labels)
 
+    def video_item(self, video_index: int) -> dict[str, Any]:
+        """Every view of video ``video_index`` from one decode (:func:`read_views`; ``val``/``test``):
+        ``clip`` (V, 3, T, H, W), ``label``, ``video_index``, ``view_index`` (V,), ``valid`` (V,) and
+        ``failures`` (each ``(path, reason)`` once). View ``v`` is item ``video_index * num_views + v``,
+        bit for bit; a view that item would flag invalid is flagged here, all zeros, for the same
+        reason."""
+        if self.split == "train":
+            raise ValueError("video_item: the training split has no fixed views")
+        clips, errors = read_views(self.spec, self.records[video_index].path)
+        failures = list(dict.fromkeys((e.path, e.reason) for e in errors if e is not None))
+        if self.report_failures:
+            for path, reason in failures:
+                _warn_once(path, reason)
+        return {
+            "clip": clips,
+            "label": self.video_target(video_index),
+            "video_index": torch.tensor(video_index, dtype=torch.int64),
+            "view_index": torch.arange(self.num_views, dtype=torch.int64),
+            "valid": torch.tensor([e is None for e in errors]),
+            "failures": failures,
+        }
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):
             index, seed = int(key[0]), int(key[1])
@@ -209,6 +309,29 @@ class VideoDataset(Dataset):
             "valid": torch.tensor(valid),
             "failures": failures,
         }
+
+
+class WholeVideos(Dataset):
+    """An evaluation split (``val``/``test``) of a :class:`VideoDataset` with whole videos as items: item
+    ``i`` is ``videos.video_item(i)``, its ``num_views`` views from one decode. Keys as
+    :class:`VideoDataset` takes them (the seed of ``(index, seed)`` is unused: views draw nothing).
+    ``views_per_item`` tells :func:`~nlvideo.data.loader.build_loader` to batch whole videos."""
+
+    def __init__(self, videos: VideoDataset):
+        if videos.split == "train":
+            raise ValueError("WholeVideos: the training split has no fixed views")
+        self.videos = videos
+        self.split = videos.split
+        self.views_per_item = videos.num_views
+
+    def __len__(self) -> int:
+        return self.videos.num_videos
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"video {index} out of range for {len(self)} videos")
+        return self.videos.video_item(index)
 
 
 def class_usage_warning(ds: VideoDataset) -> str | None:

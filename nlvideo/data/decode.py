@@ -231,23 +231,26 @@ class DecordVideo:
             self._container.close()
             self._container = None
 
-    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+    def get_batch(self, indices: Sequence[int], strict: bool = False) -> np.ndarray:
+        """Frames ``indices`` (T, H, W, 3). ``strict``: raise :class:`DecodeError` where the PyAV fallback
+        (:meth:`_pyav_fallback`) would step in: this reader's own frames, or none."""
+        fallback = self._refuse if strict else self._pyav_fallback
         if self._scale_to is not None:
             try:
                 return self._scaled_batch(indices)
             except Exception as e:  # noqa: BLE001 - any PyAV failure: the PySlowFast reader tries next
-                return self._pyav_fallback(indices, f"decode failed: {_short(e)}")
+                return fallback(indices, f"decode failed: {_short(e)}")
         native = NativeStderr()
         try:
             with native:
                 frames = self._vr.get_batch(list(indices)).asnumpy()
         except Exception as e:
             reason = f"decode failed: {_short(e)}{native.detail()}"
-            return self._pyav_fallback(indices, reason)
+            return fallback(indices, reason)
         native.replay()
         if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
             shape = f"decoder returned shape {frames.shape} for {len(indices)} frames"
-            return self._pyav_fallback(indices, shape)
+            return fallback(indices, shape)
         return frames
 
     def frame_times(self) -> np.ndarray:
@@ -301,6 +304,9 @@ class DecordVideo:
         finally:
             video.close()
 
+    def _refuse(self, indices: Sequence[int], reason: str) -> np.ndarray:
+        raise DecodeError(self.path, reason)
+
     def close(self) -> None:
         self._vr = None
         if self._container is not None:
@@ -336,7 +342,9 @@ class PyAVVideo:
     def _index(self, pts: int) -> int:
         return int(math.floor(float((pts - self._start) * self._time_base) * self.fps + 0.5))
 
-    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+    def get_batch(self, indices: Sequence[int], strict: bool = False) -> np.ndarray:
+        """Frames ``indices`` (T, H, W, 3); an index past the frames decoded repeats the last one before
+        it, unless ``strict``: then a frame not decoded is a :class:`DecodeError`."""
         wanted = sorted(set(int(i) for i in indices))
         first, last = wanted[0], wanted[-1]
         got: dict[int, np.ndarray] = {}
@@ -356,6 +364,9 @@ class PyAVVideo:
             raise DecodeError(self.path, f"decode failed: {_short(e)}") from None
         if not got:
             raise DecodeError(self.path, f"no frames decoded in [{first}, {last}]")
+        if strict and not got.keys() >= set(wanted):
+            missing = sorted(set(wanted) - got.keys())
+            raise DecodeError(self.path, f"frame(s) {missing[:3]} not decoded")
         # Frames missing at the end (index beyond the real length) repeat the last decoded one.
         keys = sorted(got)
         out = []

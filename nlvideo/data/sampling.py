@@ -12,12 +12,16 @@ exactly ``sampling_rate``.
 Short videos are **clamped**, as in PySlowFast: when the clip is longer than the video it starts
 at frame 0 and indices past the end repeat the last frame. Indices are always sorted and in
 ``[0, num_video_frames - 1]``.
+
+The views of one test video are decoded together (:func:`union_indices`): each frame that any of its
+clips needs once, then every clip gathered from those frames.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
 
 def frame_stride(
@@ -70,3 +74,12 @@ def test_clip_indices(
     delta = max_start(num_video_frames, num_frames, stride)
     start = delta / 2 if num_clips == 1 else delta * clip_idx / (num_clips - 1)
     return _indices(_round(start), num_frames, stride, num_video_frames)
+
+
+def union_indices(clips: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    """The frames of several clips, each once: their sorted distinct indices, and every clip as positions
+    in that list (``union[pos[j]] == clip[j]``; a repeated index, as a clamped clip has, repeats its
+    position)."""
+    union = sorted({int(i) for clip in clips for i in clip})
+    where = {i: k for k, i in enumerate(union)}
+    return union, [[where[int(i)] for i in clip] for clip in clips]

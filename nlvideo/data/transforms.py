@@ -51,11 +51,14 @@ def _to_tchw(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def _finish(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (T, C, H, W) -> normalised float32 (C, T, H, W)."""
+def _finish(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (T, C, H, W) -> normalised float32 (C, T, H, W), written into ``out`` when given (the same
+    values: the uint8 -> float32 copy is exact, then the same subtraction and division)."""
     m = torch.tensor(_channels(mean), dtype=torch.float32).view(3, 1, 1, 1)
     s = torch.tensor(_channels(std), dtype=torch.float32).view(3, 1, 1, 1)
-    return x.permute(1, 0, 2, 3).float().sub_(m).div_(s)
+    x = x.permute(1, 0, 2, 3)
+    return (x.float() if out is None else out.copy_(x)).sub_(m).div_(s)
 
 
 def scaled_size(h: int, w: int, size: int) -> tuple[int, int]:
@@ -128,8 +131,28 @@ def test_transform(
     mean: float | Sequence[float],
     std: float | Sequence[float],
 ) -> torch.Tensor:
+    """One test view of a clip: :func:`test_resize`, then :func:`test_crop`."""
     if crop_size > scale:
         raise ValueError(f"test crop size {crop_size} larger than the test scale {scale}")
-    x = short_side_resize(_to_tchw(frames), scale)
+    return test_crop(test_resize(frames, scale), crop_size, crop_idx, num_crops, mean, std)
+
+
+def test_resize(frames: np.ndarray | torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> uint8 (T, C, H', W') at short side ``scale``, each frame resized on
+    its own (so the frames of several clips can be resized together, once each)."""
+    return short_side_resize(_to_tchw(frames), scale)
+
+
+def test_crop(
+    x: torch.Tensor,
+    crop_size: int,
+    crop_idx: int,
+    num_crops: int,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Crop ``crop_idx`` of ``num_crops`` of resized frames (T, C, H, W), normalised: float32 (C, T,
+    crop, crop), written into ``out`` when given."""
     top, left = crop_offsets(x.shape[-2], x.shape[-1], crop_size, crop_idx, num_crops)
-    return _finish(F.crop(x, top, left, crop_size, crop_size), mean, std)
+    return _finish(F.crop(x, top, left, crop_size, crop_size), mean, std, out)

@@ -1,10 +1,12 @@
 """Multi-view evaluation: aggregate clip scores per video, then top-k accuracy or mAP.
 
-Each test video is seen as ``num_views`` clips (temporal clips x spatial crops). Clip logits become
-probabilities (softmax for single-label data such as Kinetics, sigmoid for multi-label data such as
-Charades) and are averaged per ``video_index``, as in the paper's testing protocol. Under DDP every
-rank accumulates the clips it saw into a (num_videos, K) sum and a count; one all-reduce then gives
-every rank the full result, so metrics are exact over the whole split, not a mean of per-rank means.
+Each test video is seen as ``num_views`` clips (temporal clips x spatial crops); eval.py reads them
+together, from one decode of the video (:class:`~nlvideo.data.dataset.WholeVideos`), and scores them
+``data.batch_size`` clips at a time. Clip logits become probabilities (softmax for single-label data
+such as Kinetics, sigmoid for multi-label data such as Charades) and are averaged per
+``video_index``, as in the paper's testing protocol. Under DDP every rank accumulates the clips it saw
+into a (num_videos, K) sum and a count; one all-reduce then gives every rank the full result, so
+metrics are exact over the whole split, not a mean of per-rank means.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -178,31 +180,43 @@ def run_evaluation(model: torch.nn.Module, loader, num_videos: int, num_classes:
                    output_order: list[int] | None = None) -> VideoScoreAggregator:
     """Forward every clip of ``loader`` and aggregate per video (all-reduced over ranks).
 
+    The loader's items are views, or whole videos (:class:`~nlvideo.data.dataset.WholeVideos`, all
+    views of a video from one decode): their views go to the model ``loader.views_per_batch`` at a time
+    (:func:`~nlvideo.data.loader.regroup_views`), the same model batches as a loader of their views.
     Padding that a DistributedSampler-style sampler adds to even out ranks is dropped, so each view is
-    counted once. ``forward(model, clip) -> logits``; ``progress`` ticks once per batch;
+    counted once. ``forward(model, clip) -> logits``; ``progress`` ticks once per loader batch;
     ``output_order``: see :class:`VideoScoreAggregator`.
     """
+    from nlvideo.data.loader import regroup_views
+
     was_training = model.training
     model.eval()
     agg = VideoScoreAggregator(num_videos, num_classes, multi_label, output_order)
+    for views in regroup_views(_without_padding(loader, progress), getattr(loader, "views_per_batch", None)):
+        logits = forward(model, views["clip"])
+        agg.update(logits, views["label"], views["video_index"], views["valid"])
+        for path, reason in views["failures"]:
+            agg.failures.setdefault(path, reason)
+    agg.reduce()
+    model.train(was_training)
+    return agg
+
+
+def _without_padding(loader, progress: Progress | None) -> Iterator[dict]:
+    """The loader's batches with ``valid`` False on the positions a sampler repeated to even out ranks
+    (:func:`rank_positions_kept`; an item of whole videos: all its views), ticking ``progress``."""
     info = du.info()
     n_items = len(loader.dataset)
     seen = 0
     for batch in loader:
-        logits = forward(model, batch["clip"])
-        b = logits.shape[0]
+        b = len(batch["video_index"])
         keep = rank_positions_kept(n_items, info.rank, info.world_size, seen + b)[seen:]
         seen += b
-        valid = batch.get("valid")
-        valid = keep if valid is None else (valid.bool().cpu() & keep)
-        agg.update(logits, batch["label"], batch["video_index"], valid)
-        for path, reason in batch.get("failures") or []:
-            agg.failures.setdefault(path, reason)
+        per_view = batch["clip"].shape[:2] if batch["clip"].dim() == 6 else (b,)  # items of whole videos
+        valid = batch.get("valid", torch.ones(per_view, dtype=torch.bool)).bool().cpu()
+        yield {**batch, "valid": valid & (keep if valid.dim() == 1 else keep[:, None])}
         if progress is not None:
             progress.update()
-    agg.reduce()
-    model.train(was_training)
-    return agg
 
 
 def evaluate_dataset(model: torch.nn.Module, loader, ds, forward: Callable[[torch.nn.Module, torch.Tensor],
