@@ -16,6 +16,15 @@ def test_tiny_run_prints_every_table():
     out = bench.main(["--sizes", "160x96", "--videos", "1", "--seconds", "2", "--clips", "2",
                       "--loader-clips", "4", "--workers", "0", "--rounds", "1"])
     rows = [line for line in out if line.startswith("| 160x96 |")]
-    assert len(rows) == 4, out  # 32x2 and 8x8 per core, one loader row, the 10x3 test row
+    assert len(rows) == 5, out  # 32x2 and 8x8 per core, one loader row, 10x3 testing of both copies
     assert rows[0].startswith("| 160x96 | 160x96 | 32x2 |") and rows[1].split("|")[3].strip() == "8x8"
+    assert rows[3].startswith("| 160x96 | downloaded |") and rows[4].startswith("| 160x96 | prepared |")
     assert any("prepared to 160x96" in line for line in out)
+
+
+def test_sections_measure_only_the_tables_asked_for():
+    out = bench.main(["--sizes", "160x96", "--videos", "1", "--seconds", "2", "--rounds", "1",
+                      "--sections", "test"])
+    rows = [line for line in out if line.startswith("| 160x96 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["downloaded", "prepared"], out
+    assert all(float(row.split("|")[3]) > 0 and float(row.split("|")[4]) > 0 for row in rows)
