@@ -125,3 +125,19 @@ def test_random_kills_checkpoint_write_crash_sigterm_and_corrupt_checkpoint_resu
     assert {i for i, _ in logged} == set(range(1, 9)), why
     wrong = [(i, v, ref_loss[str(i)]) for i, v in logged if v != ref_loss[str(i)]]
     assert not wrong, (why, wrong)
+
+
+def test_raising_max_iters_after_a_truncated_last_epoch_trains_to_the_new_total(synthetic_root, tmp_path):
+    """``trainer.max_iters=6`` with 4 iterations per epoch stops 2 steps into epoch 2; rerun with
+    ``max_iters=10``, the job goes on to iteration 10. It used to stop at 8 without a word: epochs were
+    cut at multiples of 4 iterations from the start, and epoch 3 got only the 2 steps up to 12 - 4."""
+    run_dir = tmp_path / "extended"
+    args = [*tiny_overrides(synthetic_root), "trainer.eval_period=0", f"hydra.run.dir={run_dir}"]
+    first = run_app("train.py", *args, "trainer.max_iters=6")
+    assert first.returncode == 0 and "training finished: 6 iterations" in first.stdout, first.stdout[-2000:]
+    r = run_app("train.py", *args, "trainer.max_iters=10")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "iteration 6)" in r.stdout and "training finished: 10 iterations" in r.stdout, r.stdout[-2000:]
+    assert [int(i) for i, _ in LOSS.findall(r.stdout)] == [7, 8, 9, 10]
+    assert "epoch 3/3 done: iteration 10" in r.stdout
+    assert (run_dir / "checkpoints" / "checkpoint_000000010.pt").is_file()

@@ -107,9 +107,12 @@ class Loop:
     def global_batch(self) -> int:
         return self.per_rank_batch * du.get_world_size()
 
-    @property
-    def num_epochs(self) -> int:
-        return math.ceil(self.total_iters / self.iters_per_epoch)
+    def num_epochs(self, state: TrainState) -> int:
+        """Epochs of the whole run, counting from where ``state`` stands. A run stopped by
+        ``trainer.max_iters`` inside an epoch, then resumed with a larger one, goes on with full epochs
+        from the next one; training always ends at ``total_iters`` iterations."""
+        left_from_epoch_start = self.total_iters - state.iteration + state.step
+        return state.epoch + math.ceil(left_from_epoch_start / self.iters_per_epoch)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -120,8 +123,9 @@ class Loop:
         found = ckpt_io.list_checkpoints(self.ckpt_dir)
         return str(found[-1]) if found else "none"
 
-    def steps_in_epoch(self, epoch: int) -> int:
-        return min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch)
+    def steps_in_epoch(self, state: TrainState) -> int:
+        """Steps of ``state.epoch``: a whole epoch, or what is left of ``total_iters``."""
+        return min(self.iters_per_epoch, state.step + self.total_iters - state.iteration)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
@@ -153,7 +157,7 @@ def train(cfg: DictConfig) -> int:
         log_data(train_ds, val[0] if val else None)
         loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
         state = start_or_resume(loop)
-        write_run_files(loop, train_ds)
+        write_run_files(loop, state, train_ds)
         return run_epochs(loop, state, train_sampler, train_loader, val)
     finally:
         lock.release()
@@ -378,7 +382,7 @@ def _preview(names: list[str], n: int = 3) -> str:
     return ", ".join(map(str, names[:n])) + (", ..." if len(names) > n else "")
 
 
-def write_run_files(loop: Loop, train_ds) -> None:
+def write_run_files(loop: Loop, state: TrainState, train_ds) -> None:
     """Rank 0: resolved config, class list, TensorBoard hparams and the run's one-line summary."""
     if not du.is_main_process():
         return
@@ -397,7 +401,7 @@ def write_run_files(loop: Loop, train_ds) -> None:
     loop.tb.layout(comparison_layout(loop.multi_label))
     log.info("model %s: %.2fM params, %.1f GFLOPs/clip, %d non-local block(s); %d iters/epoch, "
              "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
-             loop.iters_per_epoch, loop.num_epochs, loop.total_iters)
+             loop.iters_per_epoch, loop.num_epochs(state), loop.total_iters)
 
 
 def comparison_layout(multi_label: bool) -> dict[str, dict[str, list[str]]]:
@@ -424,10 +428,8 @@ def keep_config_history(path: Path, text: str) -> None:
 def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) -> int:
     """The epoch loop from ``state`` to the end of training; returns the exit status."""
     try:
-        for epoch in range(state.epoch, loop.num_epochs):
-            if state.iteration >= loop.total_iters:
-                break
-            state.epoch = epoch
+        while state.iteration < loop.total_iters:
+            epoch, first_iteration = state.epoch, state.iteration
             train_sampler.set_epoch(epoch, start=state.step * loop.per_rank_batch)
             if state.step == 0:  # an epoch-end checkpoint holds the generators before iter()
                 state.restore_rng()
@@ -437,15 +439,17 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
             del batches
             if stopped:
                 return stop_on_signal(loop, state)
-            if val is not None and is_validation_epoch(loop, epoch):
+            if state.iteration == first_iteration:
+                log.error("the training loader yielded no batch in epoch %d: stopping", epoch + 1)
+                return 1
+            if val is not None and is_validation_epoch(loop, state):
                 validate(loop, state, val, train_sampler, train_loader)
             state.epoch, state.step, state.epoch_sum = epoch + 1, 0, Meter()
             save(loop, state)
             loop.tb.flush()
-        else:
-            log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
-                     state.iteration, "none" if state.best is None else f"{state.best:.2f}",
-                     loop.bad_videos.count)
+        log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
+                 state.iteration, "none" if state.best is None else f"{state.best:.2f}",
+                 loop.bad_videos.count)
         return 0
     except (NonFiniteLossError, CheckpointWriteError) as exc:
         log.error("%s", exc)
@@ -455,8 +459,9 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
         loop.tb.close()
 
 
-def is_validation_epoch(loop: Loop, epoch: int) -> bool:
-    return (epoch + 1) % int(loop.cfg.trainer.eval_period) == 0 or epoch + 1 == loop.num_epochs
+def is_validation_epoch(loop: Loop, state: TrainState) -> bool:
+    """Every ``eval_period`` epochs, and after the last one."""
+    return (state.epoch + 1) % int(loop.cfg.trainer.eval_period) == 0 or state.iteration >= loop.total_iters
 
 
 def stop_on_signal(loop: Loop, state: TrainState) -> int:
@@ -474,10 +479,10 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     checkpoints at ``state``). The host reads the steps' results every ``loop.sync_period`` steps, before
     a checkpoint and at the epoch's end (:func:`sync_steps`); in between, a GPU runs ahead unstalled."""
     t = loop.cfg.trainer
-    steps = loop.steps_in_epoch(state.epoch)
+    steps = loop.steps_in_epoch(state)
     every = int(t.checkpoint.every_iters)
     progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=int(t.log_period),
-                        desc=f"epoch {state.epoch + 1}/{loop.num_epochs}", initial=state.step)
+                        desc=f"epoch {state.epoch + 1}/{loop.num_epochs(state)}", initial=state.step)
     shown = EpochLog(progress, steps)
     loop.model.train()
     pending: list[StepRecord] = []
@@ -636,7 +641,7 @@ def log_epoch(loop: Loop, state: TrainState) -> None:
     loop.tb.scalars(summary, state.iteration)
     top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
     log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
-             "this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1, loop.num_epochs,
+             "this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1, loop.num_epochs(state),
              state.iteration, summary["train/epoch_loss"], top1, int(total.skipped), loop.bad_videos.count)
 
 
@@ -677,7 +682,7 @@ def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) ->
         write_json(loop.run_dir / "metrics.json", {"epoch": state.epoch + 1, "iteration": state.iteration,
                                                    "best": state.best, **metrics})
         write_history_row(loop.run_dir / "metrics.csv", validation_row(loop, state, metrics))
-        log.info("epoch %d/%d validation: %s", state.epoch + 1, loop.num_epochs,
+        log.info("epoch %d/%d validation: %s", state.epoch + 1, loop.num_epochs(state),
                  "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
 
 
