@@ -62,7 +62,7 @@ def test_resume_with_another_model_config_is_refused_then_allowed_with_history(f
               "trainer.allow_config_change=true", "trainer.checkpoint.keep_last=2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming with a changed model config" in r.stdout and "iteration 6)" in r.stdout
-    assert iterations(finished_run) == [7, 8]  # the third epoch's 2 steps
+    assert iterations(finished_run) == [9, 10]  # on to max_iters=10; keep_last=2
     (old,) = (finished_run / "config_history").glob("config_resolved_*.yaml")
     assert "dropout: 0.5" in old.read_text()
     assert "dropout: 0.3" in (finished_run / "config_resolved.yaml").read_text()

@@ -429,7 +429,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
     """The epoch loop from ``state`` to the end of training; returns the exit status."""
     try:
         while state.iteration < loop.total_iters:
-            epoch, first_iteration = state.epoch, state.iteration
+            epoch, first_step = state.epoch, state.step
             train_sampler.set_epoch(epoch, start=state.step * loop.per_rank_batch)
             if state.step == 0:  # an epoch-end checkpoint holds the generators before iter()
                 state.restore_rng()
@@ -439,7 +439,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
             del batches
             if stopped:
                 return stop_on_signal(loop, state)
-            if state.iteration == first_iteration:
+            if state.step == first_step < loop.steps_in_epoch(state):  # another epoch would do the same
                 log.error("the training loader yielded no batch in epoch %d: stopping", epoch + 1)
                 return 1
             if val is not None and is_validation_epoch(loop, state):
