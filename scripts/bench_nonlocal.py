@@ -1,18 +1,21 @@
 """Forward+backward of one non-local block: the naive path vs ours (``impl="efficient"``).
 
-Every configuration runs in its own fresh process (``multiprocessing`` spawn), once per path, so the
-peak-memory figure of one run is not polluted by another's: on CPU it is the RSS high-water mark
-(``getrusage(RUSAGE_SELF).ru_maxrss``) minus the RSS after the block, its input and the output
-gradient were built, i.e. the peak *activation* memory of the training step (forward, backward,
+By default every configuration runs in its own fresh process (``multiprocessing`` spawn), once per
+path, so the peak-memory figure of one run is not polluted by another's: on CPU it is the RSS
+high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) minus the RSS after the block, its input and
+the output gradient were built, i.e. the peak *activation* memory of the training step (forward, backward,
 gradients); on CUDA ``torch.cuda.max_memory_allocated`` minus the allocated memory at the same
 point. The child processes run with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``) so
 that large tensors are returned to the OS when freed and the RSS high-water mark tracks live
-tensors, not allocator caching (``--malloc-default`` turns that off).
+tensors, not allocator caching (``--malloc-default`` turns that off). That setting also slows the
+steps: every large tensor is a fresh mapping, page-faulted in again, which costs the naive path
+(larger tensors) more than ours (an AMD EPYC: res3 of 8x8, contiguous, 0.82x -> 1.01x). Compare
+speeds with ``--interleaved``, which keeps the default allocator, as training does.
 
-Shapes (I3D-R50, Kinetics, see ``nlvideo/models/resnet.py``): with 8x224^2 input (8x8) and with
-32x224^2 input (32x2) the temporal size is T=4 from res3 on, so both give res3 = (C=512, 4, 28, 28)
-and res4 = (C=1024, 4, 14, 14); the paper's Table 1 (C2D, 32x224^2, no temporal stride in conv1)
-has T=8 at res3/res4, listed as "32x224^2 (Table 1: T=8)".
+Shapes (I3D-R50, Kinetics, see ``nlvideo/models/resnet.py``; the inputs of ``i3d_nl5``'s NL blocks,
+hooked): 8x224^2 clips (8x8) give res3 = (C=512, T=4, 28, 28) and res4 = (C=1024, 4, 14, 14),
+32x224^2 clips (32x2) T=16 at both; the paper's Table 1 (C2D, 32x224^2, no temporal stride in
+conv1) has T=8 at res3/res4, listed as "32x224^2 (Table 1: T=8)".
 
 The blocks are built with the same seed and non-zero weights (a fresh block's W is zero), BN in
 training mode. max|diff| is max |z_naive - z_ours| over the output of the first step (the column
@@ -24,6 +27,18 @@ training mode. max|diff| is max |z_naive - z_ours| over the output of the first 
     python scripts/bench_nonlocal.py --device cuda --full --only "T=8) res3 emb-gauss B=8 fp32 sub" \
         "T=8) res3 emb-gauss B=8 bf16 sub"     # several --only texts: the rows matching any of them
     python scripts/bench_nonlocal.py --max-batch --shape 512,8,28 --memory-gib 4   # CPU: a memory budget
+    python scripts/bench_nonlocal.py --interleaved --rounds 9            # issue 18: paths in one process
+    python scripts/bench_nonlocal.py --model-step i3d_nl5 --frames 8 32 --rounds 5   # whole steps per impl
+
+``--interleaved`` (CPU) times the paths in one process, taking turns step by step (the order alternating
+each round), which is what a shared machine allows: a burst of load hits both paths alike. It runs
+i3d_nl5's res3/res4 blocks of 8x8 and 32x2 clips (B=2, embedded gaussian, sub-sampled) in both
+layouts, fp32 and under bf16 autocast, naive vs ``impl="efficient"``, and names the path
+``impl="auto"`` takes there (``nonlocal_block.select_path``). It reports median and fastest step times and the
+median of the per-round ratios naive / ours (> 1: ours faster); no memory columns (one process).
+``--model-step NAME`` does the same for whole training steps of a model (SGD, cross entropy, as
+``scripts/bench_train.py``) built with each ``nonlocal.impl``, channels-last (the trainer's default)
+and contiguous.
 
 ``--max-batch`` reports the largest batch whose forward + backward fits, for both paths: on CUDA
 until ``torch.cuda.OutOfMemoryError`` (each probe in a fresh process, so a failed one leaves
@@ -53,6 +68,8 @@ SHAPES = {  # label -> (C, T, H=W)
     "8x224² res5": (2048, 4, 7),
     "32x224² (Table 1: T=8) res3": (512, 8, 28),
     "32x224² (Table 1: T=8) res4": (1024, 8, 14),
+    "32x224² res3": (512, 16, 28),
+    "32x224² res4": (1024, 16, 14),
 }
 ABBREV = {
     "gaussian": "gauss", "embedded_gaussian": "emb-gauss", "dot_product": "dot", "concatenation": "concat"
@@ -68,12 +85,14 @@ class Config:
     dtype: str = "fp32"
     sub_sample: bool = True
     channels_last: bool = False  # the trainer's default layout (trainer.channels_last)
+    autocast: bool = False  # an fp32 block under CPU bf16 autocast (--interleaved only)
 
     @property
     def label(self) -> str:
         ss = "sub" if self.sub_sample else "no-sub"
         cl = " channels-last" if self.channels_last else ""
-        return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {self.dtype} {ss}{cl}"
+        dtype = "bf16-autocast" if self.autocast else self.dtype
+        return f"{self.shape} {ABBREV[self.instantiation]} B={self.batch} {dtype} {ss}{cl}"
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -314,6 +333,118 @@ def compare(naive_dump: str, ours_dump: str) -> dict[str, float]:
     return out
 
 
+def interleaved_grid() -> list[Config]:
+    """--interleaved: i3d_nl5's NL block inputs (res3, res4 of 8x8 and 32x2 clips), both layouts, fp32
+    and bf16 autocast."""
+    shapes = ("8x224² res3", "8x224² res4", "32x224² res3", "32x224² res4")
+    grid = itertools.product((False, True), shapes, (False, True))
+    return [Config(s, channels_last=cl, autocast=amp) for amp, s, cl in grid]
+
+
+def take_turns(steps: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each step, the steps taking turns round after round, in reverse order every
+    other round; the first ``warmup`` rounds are not kept."""
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(warmup + rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            steps[name]()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def turn_ratio(times: dict[str, list[float]], ref: str, name: str) -> float:
+    """The median over rounds of ref's time / name's time in the same round (> 1: ``name`` is faster)."""
+    return statistics.median(a / b for a, b in zip(times[ref], times[name], strict=True))
+
+
+def fmt_turns(ts: list[float], scale: float = 1e3, digits: int = 0) -> str:
+    """median / fastest of a list of seconds (ms by default)."""
+    return f"{statistics.median(ts) * scale:.{digits}f} / {min(ts) * scale:.{digits}f}"
+
+
+def interleaved_table(configs: list[Config], args: argparse.Namespace) -> None:
+    """Forward + backward of one block, naive vs ``impl="efficient"`` taking turns in this process."""
+    import torch
+
+    print(f"# torch {torch.__version__}, CPU, threads {torch.get_num_threads()}; {args.rounds} rounds after "
+          f"{args.warmup} warm-up, naive and ours taking turns; times: median / fastest\n")
+    print("| config | impl=auto takes | naive ms | ours | ours ms | naive / ours | fastest / fastest |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for cfg in configs:
+        blocks = {impl: build(cfg, impl, "cpu") for impl in ("naive", "efficient", "auto")}
+        amp = torch.autocast("cpu", torch.bfloat16, enabled=cfg.autocast)
+
+        def step(impl: str, amp: torch.autocast = amp, blocks: dict = blocks) -> None:
+            block, x, gz = blocks[impl]
+            x.grad = None
+            block.zero_grad(set_to_none=True)
+            with amp:
+                z = block(x)
+            z.backward(gz)
+
+        with amp:
+            path = {impl: block.path_for(x).path for impl, (block, x, _) in blocks.items()}
+        del blocks["auto"]  # its path is one of the two timed
+        times = take_turns({impl: lambda impl=impl: step(impl) for impl in blocks}, args.rounds, args.warmup)
+        ratio, best = turn_ratio(times, "naive", "efficient"), min(times["naive"]) / min(times["efficient"])
+        print(f"| {cfg.label} | {path['auto']} | {fmt_turns(times['naive'])} | {path['efficient']} "
+              f"| {fmt_turns(times['efficient'])} | {ratio:.2f}x | {best:.2f}x |", flush=True)
+        for impl, ts in times.items():
+            spread = ", ".join(f"{t * 1e3:.0f}" for t in ts)
+            print(f"<!-- {cfg.label} {impl}: {spread} ms -->", file=sys.stderr)
+
+
+def model_step_table(name: str, args: argparse.Namespace) -> None:
+    """Whole training steps of model ``name`` built with each ``nonlocal.impl``, taking turns."""
+    import torch
+
+    from nlvideo.factory import create_model
+    from nlvideo.models import to_channels_last_3d
+
+    impls = ("naive", "efficient", "auto")
+    print(f"# torch {torch.__version__}, CPU, threads {torch.get_num_threads()}; {name}, batch {args.batch}, "
+          f"{args.size}², SGD training steps; {args.rounds} rounds after {args.warmup} warm-up, the impls "
+          "taking turns; times: median / fastest\n")
+    print("| frames | layout | " + " | ".join(f"{i} s/step (NL paths)" for i in impls)
+          + " | naive / efficient | naive / auto |")
+    print("|---|---|" + "---:|" * (len(impls) + 2))
+    for frames in args.frames:
+        for channels_last in (True, False):
+            steps, paths = {}, {}
+            for impl in impls:
+                torch.manual_seed(0)
+                model = create_model(name, num_classes=400, nonlocal_={"impl": impl}).train()
+                x = torch.randn(args.batch, 3, frames, args.size, args.size)
+                y = torch.randint(0, 400, (args.batch,))
+                if channels_last:  # as train.py and scripts/bench_train.py
+                    model = to_channels_last_3d(model)
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                      weight_decay=1e-4)
+                taken = paths[impl] = set()
+                for _, block in model.nonlocal_blocks():  # the path each NL block takes
+                    block.register_forward_pre_hook(lambda m, a, t=taken: t.add(m.path_for(a[0]).path))
+
+                def step(model=model, x=x, y=y, opt=opt) -> None:  # noqa: ANN001
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+                steps[impl] = step
+            times = take_turns(steps, args.rounds, args.warmup)
+            cells = [f"{fmt_turns(times[i], 1, 2)} ({', '.join(sorted(paths[i]))})" for i in impls]
+            layout = "channels-last" if channels_last else "contiguous"
+            ratios = " | ".join(f"{turn_ratio(times, 'naive', i):.2f}x" for i in ("efficient", "auto"))
+            print(f"| {frames} | {layout} | {' | '.join(cells)} | {ratios} |", flush=True)
+            for impl, ts in times.items():
+                spread = ", ".join(f"{t:.2f}" for t in ts)
+                print(f"<!-- {frames} {layout} {impl}: {spread} s -->", file=sys.stderr)
+            del steps
+
+
 def fmt_ms(r: dict | None) -> str:
     return "—" if r is None else f"{statistics.median(r['ms']):.0f}"
 
@@ -338,7 +469,27 @@ def main() -> None:
     ap.add_argument("--memory-gib", type=float, default=0.0,
                     help="--max-batch limit on the step's peak activation memory (required on CPU)")
     ap.add_argument("--max-batch-cap", type=int, default=1024, help="--max-batch probes at most this batch")
+    grid.add_argument("--interleaved", action="store_true",
+                      help="i3d_nl5's block shapes, naive vs ours taking turns in one process (CPU)")
+    grid.add_argument("--model-step", metavar="MODEL",
+                      help="whole training steps of MODEL per nonlocal.impl, taking turns (CPU)")
+    ap.add_argument("--rounds", type=int, default=9, help="--interleaved / --model-step: timed rounds")
+    ap.add_argument("--frames", type=int, nargs="+", default=[8, 32], help="--model-step: clip lengths")
+    ap.add_argument("--size", type=int, default=224, help="--model-step: crop size")
+    ap.add_argument("--batch", type=int, default=2, help="--model-step: clips per step")
     args = ap.parse_args()
+    if args.interleaved or args.model_step:
+        import torch
+
+        import nlvideo  # noqa: F401
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.model_step:
+            model_step_table(args.model_step, args)
+        else:
+            interleaved_table([c for c in interleaved_grid() if any(t in c.label for t in args.only)], args)
+        return
     if args.max_batch and args.device == "cpu" and not args.memory_gib:
         ap.error("--max-batch on CPU needs --memory-gib (the process would be OOM-killed, not told)")
     if args.device == "cpu" and not args.malloc_default:

@@ -68,3 +68,27 @@ def test_max_batch_reports_a_crashing_configuration_as_an_error_not_as_batch_0(t
     out = capfd.readouterr()
     assert "| 4,1,1 emb-gauss fp32 sub | error | error | — |" in out.out
     assert "Output size is too small" in out.err
+
+
+def test_take_turns_alternates_the_order_and_drops_the_warmup_rounds():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.take_turns(steps, rounds=3, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(t) for t in times.values()] == [3, 3]
+    assert bench.turn_ratio({"a": [2.0, 4.0, 9.0], "b": [1.0, 1.0, 3.0]}, "a", "b") == 3.0  # per-round ratios
+
+
+def test_interleaved_table_names_the_path_auto_takes(monkeypatch, capsys):
+    """--interleaved on a tiny shape: one row per config, naive vs efficient, and auto's choice."""
+    import argparse
+
+    monkeypatch.setitem(bench.SHAPES, "tiny", (16, 2, 6))
+    both = (False, True)
+    configs = [bench.Config("tiny", channels_last=cl, autocast=amp) for cl in both for amp in both]
+    bench.interleaved_table(configs, argparse.Namespace(rounds=2, warmup=0))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 4
+    for row, ours in zip(rows, ("cpu_chunked", "sdpa", "cpu_chunked", "sdpa"), strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "naive" and cells[3] == ours, row  # impl=auto trains on naive on CPU (issue 18)

@@ -106,8 +106,9 @@ def test_dot_product_uses_both_associations_and_they_agree():
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
 @pytest.mark.parametrize("bn_layer", [True, False])
-def test_fresh_block_is_exactly_the_identity(instantiation, bn_layer):
-    block = NonLocalBlock(8, instantiation=instantiation, bn_layer=bn_layer)
+@pytest.mark.parametrize("impl", ["auto", "efficient"])
+def test_fresh_block_is_exactly_the_identity(instantiation, bn_layer, impl):
+    block = NonLocalBlock(8, instantiation=instantiation, bn_layer=bn_layer, impl=impl)
     x = torch.randn(SHAPES[3])
     assert torch.equal(block(x), x)
     block.train()
@@ -127,6 +128,7 @@ def test_seed_state_dict_loads_and_reproduces_output_and_map(dimension, sub_samp
     z_ours, map_ours = ours(x, return_nl_map=True)
     torch.testing.assert_close(z_ours, z_seed, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(map_ours, map_seed, rtol=1e-5, atol=1e-6)
+    ours.impl = "efficient"
     torch.testing.assert_close(ours(x), z_seed, rtol=1e-5, atol=1e-6)  # efficient path too
 
 
@@ -239,7 +241,7 @@ def test_autocast_path_uses_a_fused_attention_kernel_not_the_map(channels_last):
     """Under autocast (and on CUDA) the block calls F.scaled_dot_product_attention, whose fused
     kernels need unit-stride rows: given transposed views it silently falls back to the math kernel,
     which keeps the whole (N x M) map for backward. No saved tensor may be that large."""
-    block = randomise(NonLocalBlock(16, sub_sample=False)).train()
+    block = randomise(NonLocalBlock(16, sub_sample=False, impl="efficient")).train()
     x = torch.randn(1, 16, 4, 8, 8, requires_grad=True)
     if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
@@ -258,11 +260,13 @@ def test_autocast_path_uses_a_fused_attention_kernel_not_the_map(channels_last):
 
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
-def test_weight_gradients_keep_the_weights_strides(instantiation):
+@pytest.mark.parametrize("impl", ["auto", "efficient"])
+def test_weight_gradients_keep_the_weights_strides(instantiation, impl):
     """DDP copies each gradient into a bucket view with the parameter's strides and warns (and copies
     element by element) when they differ, size-1 kernel dimensions included: a channels-last model's
-    1x1x1 weights must get channels-last gradients from the efficient path."""
-    block = NonLocalBlock(8, instantiation=instantiation)
+    1x1x1 weights must get channels-last gradients from the efficient path (and from the naive path
+    impl=auto trains on)."""
+    block = NonLocalBlock(8, instantiation=instantiation, impl=impl)
     block = to_channels_last_3d(block)
     nn.init.normal_(block.W[1].weight)
     x = torch.randn(SHAPES[3]).contiguous(memory_format=torch.channels_last_3d)
@@ -313,9 +317,11 @@ def test_eval_mode_backward_uses_the_statistics_of_its_forward():
 
 PATH_CASES = {  # the conditions select_path distinguishes, and the path each one gets
     "impl_naive": ("naive", {"impl": "naive"}, False, False),
-    "map_requested": ("naive", {}, True, False),
-    "cpu_autocast": ("sdpa", {}, False, True),
-    "cpu_fp32": ("cpu_chunked", {}, False, False),
+    "map_requested": ("naive", {"impl": "efficient"}, True, False),
+    "cpu_autocast": ("sdpa", {"impl": "efficient"}, False, True),
+    "cpu_fp32": ("cpu_chunked", {"impl": "efficient"}, False, False),
+    "auto_cpu_autocast": ("naive", {}, False, True),  # measured faster (NAIVE_MEASURED_FASTER)
+    "auto_cpu_fp32": ("naive", {}, False, False),
 }
 
 
@@ -364,7 +370,11 @@ def test_non_cpu_inputs_take_the_sdpa_path():
         ("cuda", torch.bfloat16, True, False),  # 1.14x
         ("cuda", torch.float16, True, False),
         ("cuda", torch.float32, False, False),  # forward only: not measured
-        ("cpu", torch.float32, True, False),
+        ("cpu", torch.float32, True, True),  # an AMD EPYC trained cpu_chunked at 0.48-1.04x naive's speed
+        ("cpu", torch.bfloat16, True, True),  # sdpa (autocast) 0.56-0.88x, cpu_chunked 0.59-0.85x
+        ("cpu", torch.float64, True, False),  # not measured
+        ("cpu", torch.float16, True, False),
+        ("cpu", torch.float32, False, False),  # forward only: sdpa (scripts/bench_inference.py)
         ("meta", torch.float32, True, False),
     ],
 )
@@ -374,6 +384,46 @@ def test_auto_takes_the_naive_path_only_where_it_was_measured_faster(device, dty
 
     why = nl.naive_measured_faster(device, dtype, needs_grad)
     assert (why is not None) == naive and (not naive or "measured" in why)
+
+
+CPU = torch.float32, torch.bfloat16, torch.float64  # weights and input; bf16 autocast runs fp32 ones
+CPU_RULE = [  # impl, dtype, channels-last, bf16 autocast, gradient needed -> path (issue 18)
+    *[("auto", dt, cl, False, True, "naive") for dt in CPU[:2] for cl in (False, True)],  # measured faster
+    *[("auto", torch.float32, cl, True, True, "naive") for cl in (False, True)],
+    *[("auto", torch.float64, cl, False, True, "cpu_chunked") for cl in (False, True)],  # not measured
+    *[("auto", torch.float32, cl, amp, False, "sdpa") for cl in (False, True) for amp in (False, True)],
+    *[("efficient", dt, cl, False, True, "cpu_chunked") for dt in CPU for cl in (False, True)],
+    *[("efficient", torch.float32, cl, True, True, "sdpa") for cl in (False, True)],
+    *[("efficient", torch.float32, cl, False, False, "sdpa") for cl in (False, True)],
+    *[("naive", torch.float32, cl, amp, True, "naive") for cl in (False, True) for amp in (False, True)],
+]
+
+
+@pytest.mark.parametrize(("impl", "dtype", "channels_last", "autocast", "grad", "expected"), CPU_RULE)
+def test_cpu_path_by_impl_dtype_layout_autocast_and_grad_mode(
+    impl, dtype, channels_last, autocast, grad, expected, monkeypatch
+):
+    """On CPU, impl=auto trains on the naive path in fp32 and bf16 whatever the memory layout (the
+    cpu_chunked and sdpa paths were measured slower in both, scripts/bench_nonlocal.py --interleaved),
+    and says so; impl=efficient keeps the memory-lean paths. forward runs the path path_for names."""
+    from nlvideo.models import nonlocal_block as nl
+
+    taken = []
+    for owner, attr, path in [(NonLocalBlock, "affinity", "naive"), (nl, "_sdpa", "sdpa"),
+                              (NonLocalBlock, "_forward_cpu_chunked", "cpu_chunked")]:
+        fn = getattr(owner, attr)
+        monkeypatch.setattr(owner, attr, lambda *a, fn=fn, path=path, **k: taken.append(path) or fn(*a, **k))
+    block = NonLocalBlock(8, impl=impl).to(dtype).train()
+    x = torch.randn(SHAPES[3], dtype=dtype)
+    if channels_last:
+        block, x = to_channels_last_3d(block), x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast), torch.set_grad_enabled(grad):
+        choice = block.path_for(x)
+        z = block(x)
+    assert choice.path == expected and taken == [expected], (choice, taken)
+    assert z.shape == x.shape and z.dtype == dtype
+    if impl == "auto" and expected == "naive":
+        assert "measured" in choice.reason and "impl=efficient keeps" in choice.reason, choice.reason
 
 
 def test_the_compute_dtype_is_autocasts_when_it_is_on():
@@ -390,7 +440,9 @@ SUBMODULES = ("theta", "phi", "g", "W")
 
 
 @pytest.mark.parametrize("instantiation", INSTANTIATIONS)
-@pytest.mark.parametrize(("impl", "autocast"), [("naive", False), ("auto", True), ("auto", False)])
+@pytest.mark.parametrize(
+    ("impl", "autocast"), [("naive", False), ("efficient", True), ("efficient", False), ("auto", False)]
+)
 def test_forward_hooks_on_submodules_run_except_on_the_documented_cpu_chunked_path(
     instantiation, impl, autocast
 ):

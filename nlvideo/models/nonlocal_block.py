@@ -29,20 +29,22 @@ only dispatches on the answer):
   PySlowFast, MMAction2 and PyTorchVideo do. Its memory is O(B N M) for the map plus softmax saved
   for backward. Taken for ``impl="naive"``, whenever the map is returned (``return_nl_map``), and
   by ``impl="auto"`` where a training step was measured faster on it than on the device's fast path
-  (:data:`NAIVE_MEASURED_FASTER`: CUDA fp32).
+  (:data:`NAIVE_MEASURED_FASTER`: CUDA fp32; CPU fp32 and bf16, either memory layout).
 - ``"sdpa"`` (:func:`_sdpa`): the submodules theta/phi/g/W with plain autograd ops, and
   ``F.scaled_dot_product_attention`` on 4-D ``(B, 1, N, d)`` tensors for the softmax forms
   (flash / memory-efficient kernels). Taken on CUDA (any non-CPU device; ``impl="auto"`` trains in
-  fp32 on the naive path there, above), under CPU autocast, while traced or exported
-  (``torch.jit.trace``, ``torch.export``, ONNX) and when no gradient is needed.
-- ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): CPU training without autocast
-  (fp32 in practice), where SDPA's CPU flash kernel runs ~10x slower on the subnormal weights of a
-  peaked softmax (``_probs``), a flash-attention-style kernel of our own (``_ChunkedSoftmaxAttention``:
-  query chunks, scores recomputed in backward) with the 1x1 convs as GEMMs on the input's own
-  storage (channel-major for a contiguous input, position-major for a channels-last one, so the
-  trainer's channels-last models pay no layout conversion), a max-pool that saves only int32
-  indices and a fused W_z + BN + residual (``_LeanBNResidual``), which together save about half
-  the activations of the naive path for backward at about its speed (``scripts/bench_nonlocal.py``).
+  fp32 on the naive path there, above), under CPU autocast (``impl="auto"`` trains in bf16 on the
+  naive path), while traced or exported (``torch.jit.trace``, ``torch.export``, ONNX) and when no
+  gradient is needed.
+- ``"cpu_chunked"`` (:meth:`NonLocalBlock._forward_cpu_chunked`): CPU training without autocast for
+  ``impl="efficient"``, and for ``impl="auto"`` in dtypes it was not measured slower in (float64, say;
+  fp32 and bf16 train on the naive path, above). SDPA's CPU flash kernel runs ~10x slower on the
+  subnormal weights of a peaked softmax (``_probs``), so this is a flash-attention-style kernel of our
+  own (``_ChunkedSoftmaxAttention``: query chunks, scores recomputed in backward) with the 1x1 convs as
+  GEMMs on the input's own storage (channel-major for a contiguous input, position-major for a
+  channels-last one, so channels-last models pay no layout conversion), a max-pool that saves only
+  int32 indices and a fused W_z + BN + residual (``_LeanBNResidual``), which together keep 0.23-0.57x
+  the activations the naive path keeps for backward, at 0.5-1x its speed (``scripts/bench_nonlocal.py``).
   The private ATen kernels these use are wrapped in :mod:`nlvideo.models.aten_ops`.
 
 The two fast paths aggregate y in :meth:`NonLocalBlock._aggregate`, each passing its softmax kernel;
@@ -92,8 +94,9 @@ class NonLocalBlock(nn.Module):
     """Residual non-local block for 1-D (B, C, L), 2-D (B, C, H, W) or 3-D (B, C, T, H, W) input.
 
     Forward hooks on the submodules ``theta``/``phi``/``g``/``W`` do not run on the ``"cpu_chunked"``
-    path (CPU training, no autocast, ``impl`` not ``naive``), which reads their weights directly: use
-    ``impl="naive"`` where they are needed (see the module docstring).
+    path (CPU training without autocast, ``impl="efficient"``, or ``"auto"`` in a dtype other than
+    fp32/bf16), which reads their weights directly: use ``impl="naive"`` where they are needed (see
+    the module docstring).
 
     Args:
         in_channels: C of the input (and output).
@@ -340,13 +343,33 @@ class NonLocalBlock(nn.Module):
 
 
 # Where impl="auto" takes the naive path in training although the device has a fast one: (device type,
-# compute dtype) -> the measurement that says naive is faster there. Issue 18, on an H200 (torch 2.11):
-# one block at res3 of 32x2 (B=8, C=512, 8x28x28), forward + backward, ran at 0.85x naive's speed on
-# the sdpa path in fp32 (SDPA has no flash kernel for fp32) and at 1.14x in bf16, so only fp32 is listed.
-# impl="efficient" keeps the sdpa path, which used 0.56x naive's memory there.
+# compute dtype) -> the measurement that says naive is faster there (issue 18). impl="efficient" keeps
+# the fast path, for its memory.
+# CUDA, on an H200 (torch 2.11): one block at res3 of 32x2 (B=8, C=512, 8x28x28), forward + backward,
+# ran at 0.85x naive's speed on the sdpa path in fp32 (SDPA has no flash kernel for fp32) and at 1.14x
+# in bf16, so only fp32 is listed; the sdpa path used 0.56x naive's memory there.
+# CPU, on an AMD EPYC (AVX-512, no AMX; 2 threads, torch 2.13), naive and ours taking turns in one
+# process: `python scripts/bench_nonlocal.py --interleaved --rounds 9` (i3d_nl5's res3/res4 blocks of
+# 8x8 and 32x2 clips, B=2) and `--model-step i3d_nl5 --frames 8 32` (docs/benchmarks.md, issue 18).
+# Per block, cpu_chunked trained at 0.71-0.81x naive's speed in the contiguous layout (a tie,
+# 0.96-1.04x, at res3 of 32x2) and 0.48-0.81x channels-last; bf16 weights 0.59-0.85x, the sdpa path
+# under bf16 autocast 0.56-0.88x. Whole i3d_nl5 steps: 8x224² at 0.80x channels-last (2.24 s vs
+# 1.83 s; the issue's report: 2.15 s vs 1.75 s) and 0.88x contiguous, 32x224² a tie (1.03x, 1.00x).
+# Naive is as fast or faster in both layouts, so the layout is not part of the rule; the memory
+# (cpu_chunked keeps 0.23-0.57x naive's activations) is impl="efficient"'s. The issue's "~1.2x faster
+# in the contiguous layout" matches bench_nonlocal's per-process table, whose MALLOC_MMAP_THRESHOLD_
+# makes every large tensor a fresh mapping, which slows naive more: here res3 of 8x8 went from 0.82x
+# to 1.01x with it.
+# Float64 (tests) and float16 were not measured and keep the cpu_chunked path.
 NAIVE_MEASURED_FASTER: dict[tuple[str, torch.dtype], str] = {
     ("cuda", torch.float32): "measured on an H200, the sdpa path trained at 0.85x naive's speed in fp32 "
     "(res3 of 32x2, B=8); impl=efficient keeps sdpa's memory saving",
+    ("cpu", torch.float32): "measured on an AMD EPYC, the cpu_chunked path trained at 0.71-1.04x naive's "
+    "speed in the contiguous layout and 0.48-0.81x in channels-last (i3d_nl5's blocks), i3d_nl5 at "
+    "0.80x (8x224², channels-last); impl=efficient keeps cpu_chunked's memory saving",
+    ("cpu", torch.bfloat16): "measured on an AMD EPYC, the sdpa path (autocast) trained at 0.56-0.88x "
+    "naive's speed and cpu_chunked (bf16 weights) at 0.59-0.85x, in both layouts; impl=efficient keeps "
+    "their memory saving",
 }
 
 
@@ -366,8 +389,9 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
        loops and ``out=`` kernels are not captured as a graph (``torch.jit.trace`` fails; the graph
        ``torch.export`` records cannot be run), while the sdpa path is plain ATen ops. Plain
        ``torch.compile`` is not tracing in this sense: it handles the custom Functions.
-    3. ``"naive"`` for ``impl="auto"`` in training where :func:`naive_measured_faster` says so (CUDA
-       fp32: the sdpa path was measured at 0.85x naive's speed).
+    3. ``"naive"`` for ``impl="auto"`` in training where :func:`naive_measured_faster` says so: CUDA
+       fp32 (the sdpa path was measured at 0.85x naive's speed) and CPU fp32 and bf16, in either
+       memory layout (the cpu_chunked and sdpa paths at 0.48-1.04x; :data:`NAIVE_MEASURED_FASTER`).
     4. ``"sdpa"`` for an input on CUDA (or any other non-CPU device), where
        ``F.scaled_dot_product_attention`` has flash / memory-efficient kernels, and under CPU
        autocast: the CPU path's custom Functions are written and tested for one dtype throughout,
@@ -376,8 +400,8 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
        nor a parameter of the block requires one): what the ``"cpu_chunked"`` path saves is
        activations for backward; without one it is not consistently faster than SDPA
        (``scripts/bench_inference.py``, docs/inference.md).
-    6. ``"cpu_chunked"`` otherwise (CPU training, no autocast): see the module docstring for why not
-       SDPA.
+    6. ``"cpu_chunked"`` otherwise (CPU training, no autocast: ``impl="efficient"``, or ``"auto"`` in
+       a dtype rule 3 does not list, such as float64): see the module docstring for why not SDPA.
     """
     if block.impl == "naive":
         return PathChoice("naive", "impl='naive' always builds the attention map")
@@ -396,8 +420,9 @@ def select_path(block: NonLocalBlock, x: torch.Tensor, return_nl_map: bool = Fal
         return PathChoice("sdpa", "no gradient needed: the CPU chunked path only saves memory for backward")
     return PathChoice(
         "cpu_chunked",
-        "CPU input without autocast: chunked attention, lean max-pool and fused W_z + BN save about "
-        "half the activations; SDPA's CPU kernel is slow on the subnormal weights of a peaked softmax",
+        f"CPU training without autocast (impl={block.impl!r}, {dtype}): chunked attention, lean max-pool "
+        "and fused W_z + BN keep 0.23-0.57x the naive path's activations; SDPA's CPU kernel is slow on "
+        "the subnormal weights of a peaked softmax",
     )
 
 
