@@ -159,6 +159,15 @@ def iteration_lines(text: str) -> list[str]:
     return re.findall(r"(epoch \d/\d \[\d/\d\]  it \d+  loss \S+  lr \S+)", text)
 
 
+def test_the_log_names_the_non_local_path_and_why(two_runs):
+    """impl=auto chooses by device, dtype and autocast; train.log says which path and the reason."""
+    text = (two_runs["c2d_nl1"] / "train.log").read_text()
+    found = re.findall(r"non-local blocks take the (\w+) path: (.+)", text)
+    expected = "sdpa" if torch.cuda.is_available() else "naive"  # bf16 on CUDA; fp32, measured, on CPU
+    assert len(found) == 1 and found[0][0] == expected and "impl='auto'" in found[0][1], found
+    assert "non-local blocks take" not in (two_runs["c2d"] / "train.log").read_text()
+
+
 @pytest.mark.slow
 def test_reading_the_device_every_few_steps_changes_nothing_else(reference_run, synthetic_root, tmp_path):
     """``trainer.sync_period=3`` (the GPU default is log_period): the host reads the steps' losses in

@@ -67,7 +67,7 @@ from nlvideo.engine.runtime import (
     task_overrides,
 )
 from nlvideo.engine.state import Meter, TrainState
-from nlvideo.models import apply_pretrained_to_config
+from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
 
 log = logging.getLogger("nlvideo.train")
 
@@ -213,6 +213,7 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
     if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
         load_weights_for_finetuning(net, str(t.init_weights), list(train_ds.class_names))
     stats = model_stats(net, cfg) if info.is_main else {}
+    log_nonlocal_path(net)
     if info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif info.enabled and t.sync_bn:
@@ -237,6 +238,22 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
         run_dir=run_dir, meta=meta,
         tb=TensorBoard(str(run_dir / "tb"), enabled=bool(t.tensorboard)),
         preemption=PreemptionHandler(preempt_signals(cfg)), faults=faults)
+
+
+def log_nonlocal_path(net: torch.nn.Module) -> None:
+    """Log, at the first training forward, the computation path the model's first non-local block takes
+    and why (:meth:`~nlvideo.models.NonLocalBlock.path_for`: it depends on the device, dtype, autocast
+    and ``model.nonlocal.impl``; every block of a run takes the same one)."""
+    block = next((m for m in net.modules() if isinstance(m, NonLocalBlock)), None)
+    if block is None:
+        return
+
+    def first_forward(module: NonLocalBlock, args: tuple) -> None:
+        handle.remove()
+        choice = module.path_for(args[0])
+        log.info("non-local blocks take the %s path: %s", choice.path, choice.reason)
+
+    handle = block.register_forward_pre_hook(first_forward)
 
 
 def sync_period(t: DictConfig, device: torch.device) -> int:
