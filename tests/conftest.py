@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_SYNTHETIC = dict(seed=0, train_per_class=4, val_per_class=2, num_frames=64, size=64, fps=24)
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Tests that run a script's ``main`` in-process (bench scripts set one thread per process) must
+    not leave the next test on another thread count: some ATen kernels depend on it (one-thread
+    conv3d returns contiguous weight gradients for channels-last weights, oneDNN's keep their strides)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     from nlvideo.data.synthetic import ensure_synthetic
