@@ -169,10 +169,14 @@ def read_views(spec: ClipSpec, path: str) -> tuple[torch.Tensor, list[DecodeErro
         return _read_views_per_clip(spec, path, out)
     resized = test_resize(frames, spec.min_scale)
     for c, pos in enumerate(positions):
-        clip = resized[torch.tensor(pos)]
-        for k in range(crops):
-            test_crop(clip, spec.crop_size, k, crops, spec.mean, spec.std, out=out[c * crops + k])
+        _crop_views(spec, resized[torch.tensor(pos)], out[c * crops : (c + 1) * crops])
     return out, [None] * num_views
+
+
+def _crop_views(spec: ClipSpec, clip: torch.Tensor, views: torch.Tensor) -> None:
+    """The ``num_crops`` views of one resized temporal clip (T, C, H, W), written into ``views``."""
+    for k, view in enumerate(views):
+        test_crop(clip, spec.crop_size, k, spec.num_crops, spec.mean, spec.std, out=view)
 
 
 def _read_views_per_clip(spec: ClipSpec, path: str, out: torch.Tensor
@@ -192,9 +196,7 @@ def _read_views_per_clip(spec: ClipSpec, path: str, out: torch.Tensor
             out[c * crops : (c + 1) * crops].zero_()
             errors += [e] * crops
             continue
-        clip = test_resize(frames, spec.min_scale)
-        for k in range(crops):
-            test_crop(clip, spec.crop_size, k, crops, spec.mean, spec.std, out=out[c * crops + k])
+        _crop_views(spec, test_resize(frames, spec.min_scale), out[c * crops : (c + 1) * crops])
         errors += [None] * crops
     return out, errors
 

@@ -48,8 +48,8 @@ def setup_runtime(cfg: DictConfig, rank: int) -> torch.device:
     device = resolve_device(cfg.trainer.device)
     # TensorFloat-32 for fp32 matmuls and convolutions (Ampere and newer); cuDNN convolutions use it by
     # default already, matmuls only when asked.
-    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.trainer.get("tf32", True))
-    torch.backends.cudnn.allow_tf32 = bool(cfg.trainer.get("tf32", True))
+    tf32 = bool(cfg.trainer.get("tf32", True))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     if device.type == "cuda":  # the GPU init_distributed made current; several ranks may share one
         device = torch.device("cuda", du.cuda_index(du.info().local_rank, torch.cuda.device_count()))
     return device
@@ -120,9 +120,11 @@ def model_stats(net: torch.nn.Module, cfg: DictConfig) -> dict[str, float]:
     return {"params": float(count_params(net)), "gflops": flops / 1e9}
 
 
-def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
-    """Dataset, sampler and loader of one split for this rank."""
-    from nlvideo.data import ClipSampler, build_dataset, build_loader
+def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int, whole_videos: bool = False):
+    """Dataset, sampler and loader of one split for this rank. ``whole_videos`` (evaluation): the
+    loader's items are whole videos, every view from one decode (:class:`~nlvideo.data.WholeVideos`),
+    still scored ``batch_size`` views at a time; the sampler is then over videos."""
+    from nlvideo.data import ClipSampler, WholeVideos, build_dataset, build_loader
 
     info = du.info()
     try:
@@ -130,9 +132,10 @@ def build_split(cfg: DictConfig, split: str, train: bool, batch_size: int):
     except (ValueError, FileNotFoundError) as exc:  # missing lists/classes, bad data keys: one line
         raise ConfigError(str(exc)) from exc
     ds.report_failures = False  # reported once per run by BadVideoReport, not by every worker
-    sampler = ClipSampler(len(ds), shuffle=train, seed=int(cfg.seed), rank=info.rank,
+    items = WholeVideos(ds) if whole_videos else ds
+    sampler = ClipSampler(len(items), shuffle=train, seed=int(cfg.seed), rank=info.rank,
                           world_size=info.world_size, drop_last=train)
-    loader = build_loader(ds, cfg.data, sampler, batch_size=batch_size)
+    loader = build_loader(items, cfg.data, sampler, batch_size=batch_size)
     return ds, sampler, loader
 
 

@@ -4,7 +4,6 @@
       weights_to_test     a train.py checkpoint, or published weights (model.pretrained=, no checkpoint=)
       evaluation_config   the training run's overrides, then this command's; the model and input
                           normalisation the checkpoint was trained with
-      whole_video_loader  the test videos, each decoded once for all its views
       write_outputs       metrics.json, predictions.csv, scores.pt, the per-class report
                           (engine/report.py), config_resolved.yaml (rank 0)
 """
@@ -17,9 +16,7 @@ from pathlib import Path
 import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
-from nlvideo.data import ClipSampler, VideoDataset, WholeVideos, build_loader
 from nlvideo.data.annotations import output_order
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
@@ -106,8 +103,8 @@ def evaluate(cfg: DictConfig) -> int:
     run_dir = run_dir_of_this_job()
     device = setup_runtime(cfg, info.rank)
 
-    ds, _, _ = build_split(cfg, "test", False, int(cfg.data.batch_size))
-    loader = whole_video_loader(cfg, ds)
+    # Whole videos: each decoded once for all its views.
+    ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size), whole_videos=True)
     order = outputs_for_data_classes(state.get("class_names"), ds.class_names, path)
     net = build_model(cfg, device)
     if "model" in state:
@@ -124,17 +121,6 @@ def evaluate(cfg: DictConfig) -> int:
     if info.is_main:
         write_outputs(run_dir, cfg, ds, agg, path, state)
     return 0
-
-
-def whole_video_loader(cfg: DictConfig, ds: VideoDataset) -> DataLoader:
-    """This rank's test videos, whole: every view of a video from one decode of it (each frame that any
-    of its clips needs decoded once), scored ``data.batch_size`` views at a time (the model batches
-    that a loader of single views gives)."""
-    info = du.info()
-    videos = WholeVideos(ds)
-    sampler = ClipSampler(len(videos), shuffle=False, seed=int(cfg.seed), rank=info.rank,
-                          world_size=info.world_size, drop_last=False)
-    return build_loader(videos, cfg.data, sampler, batch_size=int(cfg.data.batch_size))
 
 
 def load_checkpoint_for_testing(path: Path) -> dict:
