@@ -13,6 +13,9 @@ An entry script is::
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +66,26 @@ def nonzero_rank_argv(argv: list[str]) -> list[str]:
     ours = ("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging=")
     keep = [a for a in argv if not a.startswith(ours)]
     return keep + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none"]
+
+
+NOT_FOR_A_RERUN = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.", "hydra/launcher=", "hydra.launcher.")
+
+
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command that resumes this job: its script and overrides (this job's own, for one job of a
+    sweep) with ``hydra.run.dir=<run_dir, absolute>``, shell-quoted. A plain rerun gets a new
+    timestamped run dir and starts over, so every resumable stop prints this. Under torchrun it is
+    the part after torchrun's own options, which only the launcher knows."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().overrides
+    kept = [o for o in [*overrides.task, *overrides.hydra] if not o.startswith(NOT_FOR_A_RERUN)]
+    args = [sys.argv[0], *kept, f"hydra.run.dir={Path(run_dir).resolve()}"]
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return "torchrun <the same torchrun options> " + shlex.join(args)
+    python = shutil.which("python")
+    same = python is not None and os.path.realpath(python) == os.path.realpath(sys.executable)
+    return shlex.join(["python" if same else sys.executable, *args])
 
 
 def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:

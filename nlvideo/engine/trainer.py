@@ -39,6 +39,7 @@ from nlvideo.data.dataset import class_usage_warning
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
+from nlvideo.engine.cli import resume_command
 from nlvideo.engine.config import ConfigError, validate_config
 from nlvideo.engine.evaluate import evaluate_dataset, write_json
 from nlvideo.engine.faults import FaultInjection
@@ -469,7 +470,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                  loop.bad_videos.count)
         return 0
     except (NonFiniteLossError, CheckpointWriteError) as exc:
-        log.error("%s", exc)
+        log.error("%s %s", exc, rerun_hint(loop))
         return 1
     finally:
         loop.preemption.restore()
@@ -485,10 +486,17 @@ def stop_on_signal(loop: Loop, state: TrainState) -> int:
     """A stop signal arrived: checkpoint where the loop stands, run the previous handler, exit status."""
     save(loop, state)
     code = loop.preemption.exit_code(int(loop.cfg.trainer.preempt_exit_code))
-    log.warning("stopped by signal %s at iteration %d; checkpoint saved, exiting with status %d "
-                "(rerun with the same hydra.run.dir to resume)", loop.preemption.name, state.iteration, code)
+    log.warning("stopped by signal %s at iteration %d; checkpoint saved, exiting with status %d. %s",
+                loop.preemption.name, state.iteration, code, rerun_hint(loop))
     loop.preemption.chain()
     return code
+
+
+def rerun_hint(loop: Loop) -> str:
+    """"To resume: <command>" (the job's overrides with its absolute hydra.run.dir): rerunning the
+    same command without hydra.run.dir would start over in a new timestamped directory."""
+    verb = "To rerun in this run dir" if loop.last_checkpoint() == "none" else "To resume"
+    return f"{verb}: {resume_command(loop.run_dir or '.')}"
 
 
 def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
@@ -751,6 +759,6 @@ def save(loop: Loop, state: TrainState) -> Path | None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
         raise CheckpointWriteError(f"could not write the checkpoint of iteration {state.iteration} to "
                                    f"{loop.ckpt_dir} ({reason[:200]}); stopping. Last good checkpoint: "
-                                   f"{loop.last_checkpoint()}") from None
+                                   f"{loop.last_checkpoint()}.") from None
     log.info("saved %s", path)
     return path
