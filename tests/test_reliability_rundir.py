@@ -195,3 +195,29 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_in_train_log(sy
     assert line in (run_dir / "train.log").read_text()
     assert "Last good checkpoint: none" in r.stdout and "Traceback" not in r.stdout + r.stderr
     assert not list((run_dir / "checkpoints").iterdir())  # no partial file left behind
+
+
+def test_rerun_right_after_sigkill_with_loader_workers_is_accepted(synthetic_root, tmp_path):
+    """The lock was an ``flock``, shared by the forked loader workers: after a SIGKILL of the main
+    process they held the dir for a few seconds more and an immediate rerun was refused, naming the
+    dead pid. A record lock is the main process's alone."""
+    from nlvideo.engine.run_lock import RunDirLock
+
+    run_dir = tmp_path / "killed_with_workers"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *tiny_overrides(synthetic_root), "data.num_workers=2",
+         "trainer.eval_period=0", "trainer.epochs=100", "trainer.checkpoint.every_iters=0",
+         f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=app_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in proc.stdout:
+        if "epoch 1/100 [1/4]" in line:  # the workers are up and loading
+            break
+    else:
+        pytest.fail(f"the run ended with status {proc.wait()} before training")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    with RunDirLock(run_dir):  # at once: the workers may still be alive, the dir is free
+        pass
+    r = train(synthetic_root, run_dir, "data.num_workers=2", "trainer.max_iters=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "in use by" not in r.stderr

@@ -1,10 +1,18 @@
-"""One writer per run directory: an exclusive ``flock`` on ``<run_dir>/.nlvideo.lock`` for the run's life.
+"""One writer per run directory: an exclusive record lock (``lockf``) on ``<run_dir>/.nlvideo.lock`` for
+the run's life.
 
 A requeued job can start while the previous one still runs (or a user reruns the same command): two
 processes training into one run dir would interleave their checkpoints and delete each other's
 temporary files. The lock makes the second one refuse at once with one line naming the holder, or
 wait for it (``trainer.wait_for_run_dir=true``). The kernel drops the lock when its holder dies, so a
 killed run never leaves a stale lock behind; the file itself only records who holds it.
+
+A POSIX record lock belongs to the process, and a child made by ``fork`` (a DataLoader worker) does not
+inherit it. An ``flock`` belongs to the open file, which forked workers share: after a SIGKILL of
+the main process its workers, still alive for a few seconds, kept the dir held and an immediate rerun
+was refused naming the dead pid. The price of record locks: closing *any* descriptor of the lock
+file drops the process's lock, so a process that holds it never opens the file again (its hold is
+kept in ``_held`` and shared).
 
 Hydra writes into the run dir (``.hydra/*.yaml``, the job's log file) before the job function runs, so
 the lock is taken earlier than ``train()``: the job's log file is :class:`RunLogFile`
@@ -15,6 +23,7 @@ dir and before it writes anything there. A process holds its run dir once: ``tra
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -53,9 +62,11 @@ class RunDirLock:
         announced = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
                 holder = self.holder() or "another process"
                 if not self.wait:
                     os.close(fd)
@@ -92,7 +103,7 @@ class RunDirLock:
         if _held[key][1] > 0:
             return
         del _held[key]
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)
 
     def __enter__(self) -> RunDirLock:
