@@ -215,9 +215,9 @@ def test_rerun_after_sigkill_finishes_with_the_same_outputs(tmp_path):
     summary = json.loads((tmp_path / "resumed" / "prepare_report.json").read_text())["summary"]
     assert (summary["already_done"], summary["encoded_now"]) == (finished, 16 - finished)
     assert prepare(["kinetics", str(src), str(tmp_path / "fresh"), *SMALL, "--workers", "1"]) == 0
-    resumed = {p.relative_to(tmp_path / "resumed"): p.read_bytes() for p in (tmp_path / "resumed").rglob("*")
-               if p.is_file() and p.name != "prepare_report.json"}
-    fresh = {p.relative_to(tmp_path / "fresh"): p.read_bytes() for p in (tmp_path / "fresh").rglob("*")
-             if p.is_file() and p.name != "prepare_report.json"}
+    resumed, fresh = (
+        {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+         if p.is_file() and p.name not in ("prepare_report.json", ".nlvideo.lock")}  # the lock names its pid
+        for root in (tmp_path / "resumed", tmp_path / "fresh"))
     assert resumed == fresh and len(fresh) == 16 + 3  # videos, train.csv, classids.json, prepare.json
     assert prepare([*args[:-2], "--short-side", "48"]) == 2  # other options: refused, nothing mixed

@@ -108,6 +108,13 @@ class VideoRecord:
         return sorted({a.label for a in self.actions if a.start < t1 and a.end > t0})
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as text any file or terminal takes: the bytes of a file name that are not UTF-8 (a
+    Latin-1 ``café``, which Python holds as surrogates) shown as ``\\xe9``, control characters escaped."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF
+                   else ch.encode("unicode_escape").decode() for ch in os.fspath(path))
+
+
 def _resolve(root: Path, rel: str) -> str:
     p = Path(rel)
     return str(p if p.is_absolute() else root / p)

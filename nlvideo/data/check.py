@@ -21,18 +21,26 @@ last frames are decoded, and its frame times are read from the container's index
 =====================  ================================================================================
 
 A Charades root is also checked against its CSVs: every CSV id without a video is ``unreadable``
-(missing file), and the videos of ``data.video_dir`` that no CSV lists are counted.
+(missing file), and the videos of ``data.video_dir`` that no CSV lists are counted. A video listed for
+training and for validation or testing too (Kinetics ``train.csv`` and ``val.csv``, Charades' train and
+test CSVs) is counted and named (``in_train_and_eval``): its scores would be measured on training data.
+
+A video whose worker dies (the OOM killer) or takes longer than ``--video-timeout`` is ``unreadable``
+with that reason (``worker killed by signal 9``, ``timed out after 600 s``); the others are checked on
+(:func:`~nlvideo.data.parallel.run_parallel`).
 
 Written to ``--out`` (default ``outputs/check/<data.name>``): ``check_report.json`` (counts, every
 problem with its video, splits and detail) and ``exclude.txt``, the videos with a problem of the
 ``--exclude`` kinds (default: unreadable, empty), one ``<path relative to data.root>\\t<kind: detail>``
-per line, which ``data.exclude_list=`` reads. Exit status: 0 when ``exclude.txt`` is empty, 1 when it
-lists videos, 2 when the config or an annotation file is wrong.
+per line, which ``data.exclude_list=`` reads. A path that line cannot hold (a file name that is not
+UTF-8, a tab or a newline in it) is named in the report instead (``not_in_exclude_list``): rename the
+file. Paths in the report are text (:func:`~nlvideo.data.annotations.shown_path`: bytes that are not
+UTF-8 as ``\\xe9``). Exit status: 0 when ``exclude.txt`` is empty, 1 when it lists videos (or the
+report cannot be written), 2 when an option, the config or an annotation file is wrong, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -46,11 +54,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nlvideo.data.annotations import VIDEO_EXTENSIONS, VideoRecord
-from nlvideo.data.config import available_cpus
+from nlvideo.data.annotations import VIDEO_EXTENSIONS, VideoRecord, shown_path
 from nlvideo.data.dataset import SPLITS, ClipSpec, build_dataset, clip_spec, data_root
 from nlvideo.data.decode import DecodeError, DecordVideo
-from nlvideo.data.parallel import run_parallel
+from nlvideo.data.parallel import ArgumentParser, add_worker_options, run_parallel
+from nlvideo.data.prepare.layouts import write_atomic
 from nlvideo.data.sampling import clip_span, frame_stride
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -92,6 +100,10 @@ def inspect_video(task: tuple[str, int]) -> VideoInfo:
     height, width = video.native_size or frames.shape[1:3]  # unknown header size: the frames' own
     spread = (float(steps.min()), float(np.median(steps)), float(steps.max())) if len(steps) >= 2 else None
     return VideoInfo(path, video.num_frames, video.fps, int(height), int(width), spread)
+
+
+def _lost(task: tuple[str, int], reason: str) -> VideoInfo:
+    return VideoInfo(task[0], error=reason)
 
 
 def problems(info: VideoInfo, spec: ClipSpec, smallest: int, records: list[VideoRecord]
@@ -147,10 +159,10 @@ def _unlisted(data: Mapping, root: Path, listed: set[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nlvideo.data.check",
-                                description="Open every video of a data config and report the bad ones.")
+    p = ArgumentParser(prog="python -m nlvideo.data.check",
+                       description="Open every video of a data config and report the bad ones.")
     p.add_argument("overrides", nargs="*", help="as train.py's: data=kinetics400 data.root=... clip=32x2")
-    p.add_argument("--workers", type=int, default=available_cpus(), help="videos opened at once")
+    add_worker_options(p)
     p.add_argument("--out", type=Path, default=None, help="report folder; default outputs/check/<data.name>")
     p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
     p.add_argument("--exclude", nargs="+", choices=KINDS, default=["unreadable", "empty"],
@@ -171,48 +183,86 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     tasks = [(path, spec.max_scale) for path in sorted(by_path)]
-    infos = run_parallel(inspect_video, tasks, a.workers, "check", failed=lambda i: bool(i.error))
     found = {}
-    for info in infos:
-        entries = by_path[info.path]
-        kinds = problems(info, spec, smallest, [rec for _, rec in entries])
-        if kinds:
-            found[info.path] = ([split for split, _ in entries], kinds)
+    try:
+        for info in run_parallel(inspect_video, tasks, a.workers, "check", failed=lambda i: bool(i.error),
+                                 lost=_lost, timeout=a.video_timeout):
+            entries = by_path[info.path]
+            kinds = problems(info, spec, smallest, [rec for _, rec in entries])
+            if kinds:
+                found[info.path] = ([split for split, _ in entries], kinds)
+    except KeyboardInterrupt:
+        print("interrupted: no report written; rerun the same command to check the dataset", file=sys.stderr)
+        return 130
     unlisted = _unlisted(data, root, set(by_path)) if data["format"] == "charades" else []
+    overlap = sorted(path for path, entries in by_path.items()
+                     if "train" in (splits := {split for split, _ in entries}) and len(splits) > 1)
     out = a.out or Path("outputs") / "check" / str(data["name"])
-    _write(out, root, found, set(a.exclude), data, len(by_path), unlisted, a.overrides)
-    return 1 if any(kind in a.exclude for _, kinds in found.values() for kind, _ in kinds) else 0
+    report = _report(root, found, set(a.exclude), data, len(by_path), unlisted, overlap)
+    try:
+        _write(out, report)
+    except OSError as e:
+        print(f"error: cannot write the report to {shown_path(out)} ({e.strerror or e}); it follows",
+              file=sys.stderr)
+        print(json.dumps(report, ensure_ascii=True), file=sys.stderr)
+        return 1
+    _print_summary(out, root, data, report, a.overrides)
+    return 1 if report["excluded"] or report["not_in_exclude_list"] else 0
 
 
-def _write(out: Path, root: Path, found: dict, exclude: set[str], data: Mapping, total: int,
-           unlisted: list[str], overrides: list[str]) -> None:
-    """``check_report.json`` and ``exclude.txt`` in ``out``, and the summary on stdout."""
-    out.mkdir(parents=True, exist_ok=True)
+def _report(root: Path, found: dict, exclude: set[str], data: Mapping, total: int, unlisted: list[str],
+            overlap: list[str]) -> dict:
+    """``check_report.json``'s content (paths relative to ``root``, as text: :func:`shown_path`), and
+    under ``excluded`` the lines of ``exclude.txt``."""
     rel = {path: os.path.relpath(path, root) for path in found}
     counts = {kind: sum(any(k == kind for k, _ in kinds) for _, kinds in found.values()) for kind in KINDS}
     report = {
         "data": {k: data[k] for k in ("name", "format", "root", "num_frames", "sampling_rate", "target_fps")},
         "videos": total, "counts": counts, "exclude_kinds": sorted(exclude),
-        "problems": [{"path": rel[path], "splits": splits, "kind": kind, "detail": detail}
+        "problems": [{"path": shown_path(rel[path]), "splits": splits, "kind": kind,
+                      "detail": shown_path(detail)}
                      for path, (splits, kinds) in sorted(found.items()) for kind, detail in kinds],
+        "in_train_and_eval": [shown_path(os.path.relpath(path, root)) for path in overlap],
     }
     if data["format"] == "charades":
-        report["charades_unlisted_videos"] = unlisted
-    (out / "check_report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        report["charades_unlisted_videos"] = [shown_path(path) for path in unlisted]
     excluded = [(rel[path], next(f"{k}: {d}" for k, d in kinds if k in exclude))
                 for path, (_, kinds) in sorted(found.items()) if any(k in exclude for k, _ in kinds)]
-    (out / "exclude.txt").write_text("".join(f"{path}\t{' '.join(why.split())}\n" for path, why in excluded))
+    report["not_in_exclude_list"] = [shown_path(path) for path, _ in excluded if shown_path(path) != path]
+    report["excluded"] = [f"{path}\t{' '.join(shown_path(why).split())}" for path, why in excluded
+                          if shown_path(path) == path]
+    return report
 
-    print(f"check data={data['name']} root={root}: {total} videos, {len(found)} with problems")
+
+def _write(out: Path, report: dict) -> None:
+    """``check_report.json`` and ``exclude.txt`` in ``out``, each written whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "check_report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(out / "exclude.txt", "".join(f"{line}\n" for line in report["excluded"]))
+
+
+def _print_summary(out: Path, root: Path, data: Mapping, report: dict, overrides: list[str]) -> None:
+    counts, excluded = report["counts"], report["excluded"]
+    with_problems = len({p["path"] for p in report["problems"]})
+    print(f"check data={data['name']} root={shown_path(root)}: {report['videos']} videos, {with_problems} "
+          "with problems")
     for kind in KINDS:
-        example = next((f"{rel[p]} ({d})" for p, (_, kinds) in sorted(found.items()) for k, d in kinds
-                        if k == kind), None)
+        example = next((f"{p['path']} ({p['detail']})" for p in report["problems"] if p["kind"] == kind),
+                       None)
         if example:
             print(f"  {kind}: {counts[kind]}, e.g. {example}")
+    unlisted, overlap = report.get("charades_unlisted_videos"), report["in_train_and_eval"]
     if unlisted:
         print(f"  in {data['video_dir']} but in no CSV: {len(unlisted)}, e.g. {unlisted[0]}")
-    print(f"  report: {out / 'check_report.json'}")
-    print(f"  exclude list ({', '.join(sorted(exclude))}): {len(excluded)} videos in {out / 'exclude.txt'}")
+    if overlap:
+        print(f"  listed for training and for validation/testing too: {len(overlap)}, e.g. {overlap[0]}")
+    if report["not_in_exclude_list"]:
+        print(f"  not in exclude.txt, which cannot hold their file names (not UTF-8, a tab or a newline): "
+              f"{len(report['not_in_exclude_list'])}, e.g. {report['not_in_exclude_list'][0]}: rename them")
+    print(f"  report: {shown_path(out / 'check_report.json')}")
+    exclude = report["exclude_kinds"]
+    print(f"  exclude list ({', '.join(exclude)}): {len(excluded)} videos in "
+          f"{shown_path(out / 'exclude.txt')}")
     if excluded:
         print(f"  train without them: python train.py {' '.join(overrides)} "
               f"data.exclude_list={(out / 'exclude.txt').resolve()}")

@@ -75,6 +75,9 @@ def check_file(path: str) -> None:
     other, not a crash."""
     if "\0" in path:
         raise DecodeError(path, "path contains a NUL byte")
+    if not path.isprintable() and any(0xDC80 <= ord(ch) <= 0xDCFF for ch in path):
+        raise DecodeError(path, "file name is not UTF-8 (decord cannot open it): rename the file, e.g. "
+                                "python -m nlvideo.data.prepare gives it a UTF-8 name")
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:

@@ -1,18 +1,29 @@
 """``python -m nlvideo.data.prepare {kinetics,charades} SRC DST``: re-encode a downloaded dataset for fast
 random access and write the lists nlvideo reads (see :mod:`nlvideo.data.prepare`).
 
-* Parallel over ``--workers`` processes (default: the CPUs this process may use), progress bar with ETA.
-* Resumable: a video whose output exists is skipped (outputs appear only when complete, under a
-  temporary name until then; leftovers of a killed run are deleted at start). The options are kept in
-  ``DST/prepare.json``; a rerun with other options is refused rather than mixing two encodings.
+* Checked before any work (one ``error:`` line, exit status 2, nothing written): every option (an x264
+  preset, finite numbers in range), SRC and DST apart (neither inside the other: a DST inside SRC
+  would make a later run take outputs for sources), SRC the one DST was prepared from
+  (``DST/prepare.json``, written once a video is there) and the same options.
+* One run per DST: an exclusive lock on ``DST/.nlvideo.lock`` (:class:`~nlvideo.engine.run_lock.RunDirLock`,
+  as the trainer's run dir); a second run refuses in one line naming the holder, or waits (``--wait``).
+* Parallel over ``--workers`` processes, progress bar with ETA; a worker that dies (the OOM killer) or
+  passes ``--video-timeout`` fails its video only (:func:`~nlvideo.data.parallel.run_parallel`).
+* Resumable: an output is written under a temporary name and renamed when complete, and records its
+  source's size and modification time and the options in its metadata; a rerun skips an output whose
+  record matches and re-encodes one whose source was replaced since. Leftovers of a killed run are
+  deleted at start.
 * Never stops for a bad video: each failure (and each annotated video that was not downloaded) is in
   ``DST/prepare_report.json`` with its reason, beside the summary (videos in/out, failed, hours of
-  video, bytes before/after, free disk space before/after), which is printed at the end too.
+  video, bytes before/after, free disk space before/after), which is printed at the end too. A full
+  or read-only DST stops the run in one line (exit status 1): the report is written if it fits, else
+  printed. Exit status 1 too when no video could be prepared; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -21,25 +32,36 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nlvideo.data.config import available_cpus
-from nlvideo.data.parallel import run_parallel
-from nlvideo.data.prepare.encode import EncodeOptions, duration, encode_video
+from nlvideo.data.annotations import shown_path
+from nlvideo.data.parallel import (
+    ArgumentParser,
+    add_worker_options,
+    int_at_least,
+    positive_number,
+    run_parallel,
+)
+from nlvideo.data.prepare.encode import X264_PRESETS, EncodeOptions, comment_of, encode_video
 from nlvideo.data.prepare.layouts import (
     Job,
     Layout,
     charades_layout,
     kinetics_layout,
+    renamed,
+    write_atomic,
     write_charades_lists,
     write_kinetics_lists,
 )
+from nlvideo.engine.run_lock import RunDirBusy, RunDirLock
 
 REPORT, OPTIONS = "prepare_report.json", "prepare.json"
 DATA_CONFIG = {"kinetics": "kinetics400", "charades": "charades"}
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no further video can be written either
 
 
 @dataclass(frozen=True)
 class Result:
-    """One job's outcome: ``status`` is ``encoded``, ``done`` (output already there) or ``failed``."""
+    """One job's outcome: ``status`` is ``encoded``, ``done`` (output already there) or ``failed``;
+    ``disk_error``: it failed because DST cannot take more (full, read-only)."""
 
     job: Job
     status: str
@@ -47,37 +69,75 @@ class Result:
     in_bytes: int = 0
     out_bytes: int = 0
     reason: str = ""
+    disk_error: bool = False
+
+
+def source_record(source: str, opts: EncodeOptions) -> str:
+    """What an output records about how it was made (its metadata comment): the source's size and
+    modification time and the options. An output whose record differs is made again."""
+    st = os.stat(source)
+    return json.dumps({"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, **asdict(opts)},
+                      sort_keys=True)
 
 
 def prepare_one(task: tuple[Job, str, EncodeOptions]) -> Result:
-    """Encode one video unless its output exists; any error becomes a ``failed`` result."""
+    """Encode one video unless its output exists and records the same source and options; any error
+    becomes a ``failed`` result."""
     job, dst, opts = task
     out = Path(dst) / job.output
     try:
         in_bytes = os.path.getsize(job.source)
+        record = source_record(job.source, opts)
         if out.is_file():
-            return Result(job, "done", duration(out), in_bytes, out.stat().st_size)
-        encoded = encode_video(job.source, out, opts)
+            seconds, recorded = comment_of(out)
+            if recorded == record:
+                return Result(job, "done", seconds, in_bytes, out.stat().st_size)
+        encoded = encode_video(job.source, out, opts, record)
         return Result(job, "encoded", encoded.seconds, in_bytes, out.stat().st_size)
     except Exception as e:  # noqa: BLE001 - a bad video is reported, never fatal
-        return Result(job, "failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return Result(job, "failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                      disk_error=isinstance(e, OSError) and e.errno in DISK_ERRORS)
 
 
-def _check_options(dst: Path, dataset: str, opts: EncodeOptions) -> None:
-    """Record the options in DST, or refuse ones that differ from those the videos there were made with."""
-    wanted = {"dataset": dataset, **asdict(opts)}
+def _lost(task: tuple[Job, str, EncodeOptions], reason: str) -> Result:
+    return Result(task[0], "failed", reason=reason)
+
+
+def _separate(src: Path, dst: Path) -> None:
+    """Refuse a DST equal to, inside or holding SRC: outputs would be taken for sources (or replace
+    them), and a rerun would find them "already done"."""
+    if not src.is_dir():
+        raise ValueError(f"SRC {src} is not a directory")
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents or d in s.parents:
+        where = "is" if d == s else "is inside" if s in d.parents else "holds"
+        raise ValueError(f"DST {dst} {where} SRC {src}: choose a DST outside the downloaded dataset "
+                         "(and not one holding it)")
+
+
+def _recorded(dataset: str, src: Path, opts: EncodeOptions) -> dict:
+    return {"dataset": dataset, "source": shown_path(src.resolve()), **asdict(opts)}
+
+
+def _check_recorded(dst: Path, wanted: dict) -> bool:
+    """Whether DST already records how it was prepared; refuse another source or other options."""
     path = dst / OPTIONS
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        if recorded != wanted:
-            raise ValueError(f"{dst} holds videos prepared with {recorded}, not {wanted}: rerun with the "
-                             "same options or choose another DST")
-        return
-    path.write_text(json.dumps(wanted, indent=1) + "\n")
+    if not path.is_file():
+        return False
+    recorded = json.loads(path.read_text())
+    if recorded.get("source", wanted["source"]) != wanted["source"]:
+        raise ValueError(f"{dst} holds videos prepared from {recorded['source']}, not {wanted['source']}: "
+                         "prepare each source into its own DST")
+    options = {k: v for k, v in wanted.items() if k != "source"}
+    if {k: v for k, v in recorded.items() if k != "source"} != options:
+        raise ValueError(f"{dst} holds videos prepared with {recorded}, not {options}: rerun with the "
+                         "same options or choose another DST")
+    return True
 
 
 def _remove_partial_files(dst: Path) -> None:
-    """Temporary files of an interrupted run (``.<name>.<pid>.part``): never complete, never reused."""
+    """Temporary files (``.<name>.<pid>.part``) of a killed run or worker: never complete, never reused
+    (only this run writes into DST: it holds DST's lock)."""
     for parent, _, files in os.walk(dst):
         for name in files:
             if name.startswith(".") and name.endswith(".part"):
@@ -90,7 +150,8 @@ def _unique(jobs: list[Job]) -> tuple[list[Job], list[Result]]:
     duplicates = []
     for job in jobs:
         if job.output in first:
-            duplicates.append(Result(job, "failed", reason=f"same output as {first[job.output].source}"))
+            other = shown_path(first[job.output].source)
+            duplicates.append(Result(job, "failed", reason=f"same output as {other}"))
         else:
             first[job.output] = job
     return list(first.values()), duplicates
@@ -119,56 +180,119 @@ def summarise(layout: Layout, results: list[Result], free_before: int, free_afte
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nlvideo.data.prepare", description="Re-encode a downloaded "
-                                "Kinetics or Charades for fast random access; write the lists nlvideo reads.")
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(prog="python -m nlvideo.data.prepare", description="Re-encode a downloaded "
+                       "Kinetics or Charades for fast random access; write the lists nlvideo reads.")
     p.add_argument("dataset", choices=sorted(DATA_CONFIG))
     p.add_argument("src", type=Path, help="the downloaded dataset")
-    p.add_argument("dst", type=Path, help="where the prepared dataset goes (data.root for training)")
-    p.add_argument("--short-side", type=int, default=256, help="short side in pixels (smaller videos keep "
-                   "theirs); 256, or 320 to keep the paper's training scale jitter [256, 320] exact")
-    p.add_argument("--gop", type=int, default=16, help="key-frame interval: a clip decodes at most this many "
-                   "frames before its first one")
-    p.add_argument("--fps", type=float, default=None, help="constant output frame rate (e.g. 30); default: "
-                   "the source's rate, every frame kept")
-    p.add_argument("--crf", type=int, default=23, help="x264 quality (lower: better, larger)")
-    p.add_argument("--preset", default="veryfast", help="x264 speed preset")
-    p.add_argument("--workers", type=int, default=available_cpus(), help="videos encoded at once")
+    p.add_argument("dst", type=Path, help="where the prepared dataset goes (data.root for training); "
+                   "outside SRC")
+    p.add_argument("--short-side", type=int_at_least(2), default=256, help="short side in pixels (smaller "
+                   "videos keep theirs); 256, or 320 to keep the paper's training scale jitter [256, 320] "
+                   "exact")
+    p.add_argument("--gop", type=int_at_least(1), default=16, help="key-frame interval: a clip decodes at "
+                   "most this many frames before its first one")
+    p.add_argument("--fps", type=positive_number, default=None, help="constant output frame rate (e.g. 30); "
+                   "default: the source's rate, every frame kept")
+    p.add_argument("--crf", type=int, choices=range(52), default=23, metavar="0..51",
+                   help="x264 quality (lower: better, larger)")
+    p.add_argument("--preset", choices=X264_PRESETS, default="veryfast", help="x264 speed preset")
+    add_worker_options(p)
     p.add_argument("--annotations", type=Path, default=None, help="folder of the official CSVs, when not SRC")
-    a = p.parse_args(argv)
-    if a.short_side < 2 or a.gop < 1 or (a.fps is not None and a.fps <= 0):
-        p.error("--short-side must be >= 2, --gop >= 1 and --fps > 0")
+    p.add_argument("--wait", action="store_true", help="wait for another prepare on DST to end instead of "
+                   "refusing to start")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
     opts = EncodeOptions(a.short_side, a.gop, a.fps, a.crf, a.preset)
-    dst = a.dst
+    dst, lock = a.dst, RunDirLock(a.dst, wait=a.wait)
     try:
+        _separate(a.src, dst)
         layout = (kinetics_layout if a.dataset == "kinetics" else charades_layout)(a.src, a.annotations)
-        dst.mkdir(parents=True, exist_ok=True)
-        _check_options(dst, a.dataset, opts)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        recorded = _recorded(a.dataset, a.src, opts)
+        lock.acquire()
+        is_recorded = _check_recorded(dst, recorded)
+    except RunDirBusy:
+        print(f"error: {dst} is in use by another prepare ({lock.holder() or 'unknown holder'}): wait for "
+              "it to end, pass --wait to wait for it, or choose another DST", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as e:
+        print(f"error: {shown_path(str(e))}", file=sys.stderr)
+        lock.release()
+        return 2
+    try:
+        return _run(a, opts, layout, recorded if not is_recorded else None)
+    finally:
+        lock.release()
+
+
+def _run(a: argparse.Namespace, opts: EncodeOptions, layout: Layout, record: dict | None) -> int:
+    """Prepare every job of ``layout`` into ``a.dst`` (locked), write the lists and the report.
+    ``record``: what to write into ``prepare.json`` once a video is there (None: it is there)."""
+    dst = a.dst
     _remove_partial_files(dst)
     jobs, results = _unique(layout.jobs)
-    free_before, start = shutil.disk_usage(dst).free, time.time()
+    free_before, start, disk_error = shutil.disk_usage(dst).free, time.time(), ""
     tasks = [(job, str(dst), opts) for job in jobs]
-    results += run_parallel(prepare_one, tasks, a.workers, f"prepare {a.dataset}",
-                            failed=lambda r: r.status == "failed")
+    try:
+        for r in run_parallel(prepare_one, tasks, a.workers, f"prepare {a.dataset}",
+                              failed=lambda r: r.status == "failed", lost=_lost, timeout=a.video_timeout):
+            results.append(r)
+            if r.disk_error:
+                disk_error = r.reason
+                break
+            if record is not None and r.status != "failed":
+                write_atomic(dst / OPTIONS, json.dumps(record, indent=1, allow_nan=False) + "\n")
+                record = None
+    except KeyboardInterrupt:
+        kept = sum(r.status != "failed" for r in results)
+        print(f"interrupted: {kept} videos prepared this run are kept in {shown_path(dst)}; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    except OSError as e:  # prepare.json could not be written
+        disk_error = f"{type(e).__name__}: {e}"
+    finally:
+        _remove_partial_files(dst)  # of the workers killed (timed out, Ctrl-C)
     done = [r.job for r in results if r.status != "failed"]
-    if a.dataset == "kinetics":
-        lists = write_kinetics_lists(dst, done)
-    else:
-        lists = write_charades_lists(a.src, dst, done, a.annotations)
-    summary = summarise(layout, results, free_before, shutil.disk_usage(dst).free, time.time() - start)
-    failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.job.source)
-    report = {
-        "dataset": a.dataset, "source": str(a.src.resolve()), "destination": str(dst.resolve()),
-        "options": asdict(opts), "summary": summary, "lists": lists, "notes": layout.notes,
-        "failed": [{"source": r.job.source, "reason": r.reason} for r in failed],
-        "not_downloaded": [{"where": w, "reason": why} for w, why in layout.missing],
-    }
-    (dst / REPORT).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    _print_summary(a.dataset, dst, summary, report)
+    report = _report(a, opts, layout, results, free_before, time.time() - start)
+    try:
+        if not disk_error:
+            report["lists"] = (write_kinetics_lists(dst, done) if a.dataset == "kinetics"
+                               else write_charades_lists(a.src, dst, done, a.annotations))
+        write_atomic(dst / REPORT, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    except OSError as e:
+        print(f"error: cannot write to {shown_path(dst)} ({e.strerror or e}); lists not (re)written; rerun "
+              "the same command to resume once DST is writable; the report follows", file=sys.stderr)
+        print(json.dumps(report, ensure_ascii=True), file=sys.stderr)
+        return 1
+    if disk_error:
+        print(f"error: {shown_path(dst)} cannot take more ({shown_path(disk_error)}): stopped after "
+              f"{len(results)} of {len(layout.jobs)} videos, lists not (re)written; make room and rerun the "
+              f"same command to resume (report: {shown_path(dst / REPORT)})", file=sys.stderr)
+        return 1
+    _print_summary(a.dataset, dst, report["summary"], report)
+    if not done:
+        print(f"error: no video was prepared (every failure with its reason: {shown_path(dst / REPORT)})",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _report(a: argparse.Namespace, opts: EncodeOptions, layout: Layout, results: list[Result],
+            free_before: int, wall: float) -> dict:
+    """``prepare_report.json``'s content; every path and reason as text any file takes (shown_path)."""
+    summary = summarise(layout, results, free_before, shutil.disk_usage(a.dst).free, wall)
+    failed = sorted((r for r in results if r.status == "failed"), key=lambda r: r.job.source)
+    return {
+        "dataset": a.dataset, "source": shown_path(a.src.resolve()),
+        "destination": shown_path(a.dst.resolve()), "options": asdict(opts), "summary": summary, "lists": [],
+        "notes": [shown_path(n) for n in layout.notes],
+        "failed": [{"source": shown_path(r.job.source), "reason": shown_path(r.reason)} for r in failed],
+        "renamed": renamed(r.job for r in results if r.status != "failed"),
+        "not_downloaded": [{"where": shown_path(w), "reason": shown_path(why)} for w, why in layout.missing],
+    }
 
 
 def _print_summary(dataset: str, dst: Path, s: dict, report: dict) -> None:
@@ -176,15 +300,19 @@ def _print_summary(dataset: str, dst: Path, s: dict, report: dict) -> None:
           f"({s['encoded_now']} now, {s['already_done']} already done), {s['failed']} failed, "
           f"{s['listed_not_downloaded']} listed but not downloaded")
     print(f"  {s['hours_of_video']:.2f} h of video; videos {_size(s['source_bytes'])} -> "
-          f"{_size(s['prepared_bytes'])}; free space in {dst}: {_size(s['free_bytes_before'])} -> "
-          f"{_size(s['free_bytes_after'])}; {s['wall_seconds']:.0f} s")
+          f"{_size(s['prepared_bytes'])}; free space in {shown_path(dst)}: "
+          f"{_size(s['free_bytes_before'])} -> {_size(s['free_bytes_after'])}; {s['wall_seconds']:.0f} s")
     for note in report["notes"]:
         print(f"  {note}")
     for failure in report["failed"][:3]:
         print(f"  failed: {failure['source']}: {failure['reason']}")
-    print(f"  lists: {', '.join(report['lists'])}; every failure with its reason: {dst / REPORT}")
+    if report["renamed"]:
+        print(f"  {len(report['renamed'])} prepared under a safe name (not UTF-8, or a tab or newline in "
+              f"it), e.g. {report['renamed'][0]['source']} -> {report['renamed'][0]['output']}")
+    print(f"  lists: {', '.join(report['lists'])}; every failure with its reason: {shown_path(dst / REPORT)}")
     classes = f" data.num_classes={s['classes']}" if dataset == "kinetics" and s["classes"] != 400 else ""
-    print(f"  next: python -m nlvideo.data.check data={DATA_CONFIG[dataset]} data.root={dst}{classes}")
+    print(f"  next: python -m nlvideo.data.check data={DATA_CONFIG[dataset]} data.root={shown_path(dst)}"
+          f"{classes}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
 is ``short_side`` (never up: a smaller video keeps its size; both sides rounded to even numbers, which
 4:2:0 H.264 needs), optionally resamples it to a constant ``fps`` by presentation time, and encodes it
 with libx264 (``crf``, ``preset``, a key frame at least every ``gop`` frames, closed GOPs) into an mp4
-whose index is at the front. The output is written under a hidden temporary name next to the target
-and renamed when complete, so an interrupted run never leaves a partial file under the final name.
-Frames are streamed: a long 4K video costs a few frames of memory.
+whose index is at the front, with the caller's ``comment`` in its metadata (prepare records the
+source and options there, see :func:`comment_of`). The output is written under a hidden temporary
+name next to the target and renamed when complete, so an interrupted run never leaves a partial file
+under the final name. Frames are streamed: a long 4K video costs a few frames of memory.
 
 :class:`H264Writer` is that encoder on its own; the built-in dataset's
 :func:`~nlvideo.data.synthetic.write_mp4` writes through it too.
@@ -39,8 +40,9 @@ class H264Writer:
     (libx264, yuv420p) frame by frame. ``gop``: key-frame interval (x264's default, 250, when None);
     ``faststart``: the mp4 index before the frame data, so a reader needs no seek to the end;
     ``colour_from``: a decoded stream whose colour tags (matrix, range) the output keeps, so that
-    decoders convert its YUV values to the same RGB. One encoder thread: parallelism comes from
-    encoding several videos at once, and one thread makes the output a function of the input.
+    decoders convert its YUV values to the same RGB; ``metadata``: the container's tags. One encoder
+    thread: parallelism comes from encoding several videos at once, and one thread makes the output a
+    function of the input.
 
     x264's ``cpu-independent`` is on too. Without it, on a CPU with AVX-512, x264's AVX-512 mb-tree
     propagation handles 8 macroblocks at a time and, when a row is not a multiple of 8 macroblocks wide,
@@ -51,13 +53,15 @@ class H264Writer:
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float | Fraction, crf: int = 23,
                  preset: str = "veryfast", gop: int | None = None, faststart: bool = False,
-                 container_format: str | None = None, colour_from: av.VideoStream | None = None):
+                 container_format: str | None = None, colour_from: av.VideoStream | None = None,
+                 metadata: dict[str, str] | None = None):
         import av
 
         self.rate = Fraction(fps).limit_denominator(1001 * 1000)
         self._container = av.open(str(path), "w", format=container_format,
                                   options={"movflags": "faststart"} if faststart else None)
         try:
+            self._container.metadata.update(metadata or {})
             self._stream = self._container.add_stream("libx264", rate=self.rate)
             self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": preset, "x264-params": "cpu-independent=1",
@@ -114,6 +118,10 @@ class EncodeOptions:
     preset: str = "veryfast"
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+
+
 @dataclass(frozen=True)
 class Encoded:
     """What was written: frame count, duration (s) and size."""
@@ -154,9 +162,10 @@ def _source_rate(stream: av.VideoStream) -> Fraction:
     return Fraction(rate) if rate else Fraction(30)
 
 
-def encode_video(src: str | Path, dst: str | Path, opts: EncodeOptions) -> Encoded:
-    """Re-encode ``src`` into ``dst`` (see the module docstring). Raises ValueError for a source with no
-    video, no decodable frame or fewer frames than its header counts; PyAV's errors pass through."""
+def encode_video(src: str | Path, dst: str | Path, opts: EncodeOptions, comment: str = "") -> Encoded:
+    """Re-encode ``src`` into ``dst`` (see the module docstring), ``comment`` in its metadata. Raises
+    ValueError for a source with no video, no decodable frame or fewer frames than its header counts;
+    PyAV's errors pass through."""
     import av
 
     dst = Path(dst)
@@ -186,7 +195,8 @@ def encode_video(src: str | Path, dst: str | Path, opts: EncodeOptions) -> Encod
                 if writer is None:
                     height, width = output_size(frame.height, frame.width, opts.short_side)
                     writer = H264Writer(tmp, width, height, out_rate, opts.crf, opts.preset, opts.gop,
-                                        faststart=True, container_format="mp4", colour_from=stream)
+                                        faststart=True, container_format="mp4", colour_from=stream,
+                                        metadata={"comment": comment} if comment else None)
                 writer.write(frame.reformat(width=width, height=height, format="yuv420p",
                                             interpolation="BICUBIC"))
             if writer is None:
@@ -204,12 +214,14 @@ def encode_video(src: str | Path, dst: str | Path, opts: EncodeOptions) -> Encod
     return Encoded(writer.frames, writer.frames / float(out_rate), width, height)
 
 
-def duration(path: str | Path) -> float:
-    """Seconds of a video from its header (frame count / rate, else the container's duration)."""
+def comment_of(path: str | Path) -> tuple[float, str]:
+    """Seconds of a video from its header (frame count / rate, else the container's duration), and the
+    ``comment`` :func:`encode_video` wrote into it ("" if none)."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        comment = container.metadata.get("comment", "")
         if stream.frames:
-            return stream.frames / float(_source_rate(stream))
-        return container.duration / 1e6 if container.duration else math.nan
+            return stream.frames / float(_source_rate(stream)), comment
+        return (container.duration / 1e6 if container.duration else math.nan), comment

@@ -22,6 +22,10 @@ Charades: ``SRC/Charades_v1_480/<id>.mp4`` (or ``SRC/Charades_v1``) and the offi
 two CSVs with every column kept and only the rows whose video was prepared, and
 ``Charades_v1_classes.txt`` when SRC has it.
 
+A file or class name that a list cannot hold -- bytes that are not UTF-8 (a Latin-1 ``café.mp4`` from
+an old archive), a newline or a tab -- is prepared under a safe name (:func:`safe_name`: those bytes
+and characters as ``%XX``); the report names each renamed video with its original name.
+
 Lists only name videos that were prepared (written by this run or an earlier one), so a dataset with
 failures trains without a missing-file warning per epoch; the report names what was left out.
 """
@@ -37,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nlvideo.data.annotations import VIDEO_EXTENSIONS, read_text
+from nlvideo.data.annotations import VIDEO_EXTENSIONS, read_text, shown_path
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validate": "val", "valid": "val", "test": "test"}
 KINETICS_COLUMNS = {"youtube_id", "time_start", "time_end"}
@@ -67,6 +71,20 @@ class Layout:
     notes: list[str] = field(default_factory=list)
 
 
+def safe_name(name: str) -> str:
+    """``name`` with every byte that is not UTF-8 (held by Python as a surrogate) and every character
+    that is not printable (newline, tab) written as ``%XX`` (its UTF-8 bytes): a name that the lists,
+    ``classids.json`` and the report can hold, and that still says what it was."""
+    return "".join(ch if ch.isprintable() else
+                   "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape")) for ch in name)
+
+
+def renamed(jobs: Iterable[Job]) -> list[dict[str, str]]:
+    """The videos prepared under another name than their source's (see :func:`safe_name`)."""
+    return [{"source": shown_path(j.source), "output": j.output} for j in jobs
+            if Path(j.output).stem != Path(j.source).stem]
+
+
 def _videos_under(root: Path) -> list[Path]:
     """Video files under ``root`` (any depth), hidden files and folders skipped, in sorted order."""
     found = []
@@ -87,8 +105,9 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 
 def _kinetics_job(video: Path, split: str, label: str) -> Job:
     """``<split>/<class>/<name>.mp4``; the class name as one folder name (Kinetics names have spaces and
-    parentheses, never a slash)."""
-    return Job(str(video), f"{split}/{label.strip().replace('/', '_')}/{video.stem}.mp4", split, label)
+    parentheses, never a slash); names made safe (:func:`safe_name`)."""
+    label = safe_name(label.strip())
+    return Job(str(video), f"{split}/{label.replace('/', '_')}/{safe_name(video.stem)}.mp4", split, label)
 
 
 def _kinetics_csvs(src: Path, annotations: Path | None) -> list[Path]:
@@ -157,12 +176,12 @@ def write_kinetics_lists(dst: Path, done: Iterable[Job]) -> list[str]:
     done = sorted(done, key=lambda j: j.output)
     names = sorted({j.label for j in done if j.label is not None})
     index = {name: i for i, name in enumerate(names)}
-    _write_atomic(dst / "classids.json", json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(dst / "classids.json", json.dumps(index, indent=1, ensure_ascii=False) + "\n")
     written = ["classids.json"]
     for split in ("train", "val", "test"):
         lines = [f"{j.output}\t{index[j.label]}\n" for j in done if j.split == split and j.label is not None]
         if lines:
-            _write_atomic(dst / f"{split}.csv", "".join(lines))
+            write_atomic(dst / f"{split}.csv", "".join(lines))
             written.append(f"{split}.csv")
     return written
 
@@ -209,15 +228,21 @@ def write_charades_lists(src: Path, dst: Path, done: Iterable[Job], annotations:
         writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(row for _, row in rows if row["id"].strip() in prepared)
-        _write_atomic(dst / name, out.getvalue())
+        write_atomic(dst / name, out.getvalue())
     written = list(CHARADES_CSVS)
     if (csv_dir / CHARADES_CLASSES).is_file():
-        _write_atomic(dst / CHARADES_CLASSES, read_text(csv_dir / CHARADES_CLASSES))
+        write_atomic(dst / CHARADES_CLASSES, read_text(csv_dir / CHARADES_CLASSES))
         written.append(CHARADES_CLASSES)
     return written
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` under a temporary name renamed when complete; on failure (disk full) the
+    temporary file is removed and ``path`` is as before."""
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
