@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 
@@ -70,3 +71,57 @@ def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
 def test_eval_requires_a_checkpoint(tmp_path):
     r = run_app("eval.py", f"hydra.run.dir={tmp_path}", timeout=60)
     assert r.returncode == 2 and "error: checkpoint is required" in r.stderr
+
+
+def run_eval(*overrides: str, cwd=REPO, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """eval.py as a user runs it, from ``cwd``; ``kill_at``: the output writer's kill point (SIGKILL)."""
+    env = app_env() | ({"NLVIDEO_DEBUG_SIGKILL_AT": kill_at} if kill_at else {})
+    return subprocess.run([sys.executable, str(REPO / "eval.py"), *overrides], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=240)
+
+
+def test_eval_files_results_under_the_checkpoints_model(trained_checkpoint, tmp_path):
+    """No hydra.run.dir: outputs/eval/<the model the checkpoint was trained as>/<time>, not the
+    default model's (c2d) directory."""
+    r = run_eval(f"checkpoint={trained_checkpoint}", "data.test.num_clips=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "eval").glob("*/*")
+    assert run_dir.parent.name == "c2d_nl1"
+    assert json.loads((run_dir / "metrics.json").read_text())["model"] == "c2d_nl1"
+
+
+def result_files(out) -> dict[str, bytes]:
+    """The result files of an eval.py run dir by name (not its log, lock or Hydra folder)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.is_file() and p.suffix != ".log" and not p.name.startswith(".")}
+
+
+def test_a_killed_eval_never_mixes_two_evaluations_files(trained_checkpoint, tmp_path):
+    """SIGKILL while the second evaluation writes its files: the first one's files stay, all of them;
+    killed while publishing: no metrics.json and none of the first one's files; then a complete run."""
+    other = tmp_path / "other.pt"
+    other.write_bytes(trained_checkpoint.read_bytes())
+    out = tmp_path / "eval"
+    r = run_eval(f"checkpoint={trained_checkpoint}", "data.test.num_clips=1", f"hydra.run.dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = result_files(out)
+    metrics = json.loads(first["metrics.json"])
+    assert metrics["checkpoint"] == str(trained_checkpoint) and len(metrics["run_id"]) == 12
+    assert torch.load(out / "scores.pt", weights_only=False)["run_id"] == metrics["run_id"]
+
+    second = (f"checkpoint={other}", "data.test.num_clips=2", f"hydra.run.dir={out}")
+    r = run_eval(*second, kill_at="staged")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert result_files(out) == first
+
+    r = run_eval(*second, kill_at="publishing")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    left = result_files(out)
+    assert "metrics.json" not in left and len(left) == 1
+    assert all(first[name] != data for name, data in left.items())
+
+    r = run_eval(*second)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = result_files(out)
+    assert set(done) == set(first) and json.loads(done["metrics.json"])["checkpoint"] == str(other)
+    assert not list(out.glob(".results-*"))  # the killed runs' staging folders are gone

@@ -20,10 +20,29 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.config import ConfigError, check_group_choices
+
+
+def run_model_name(model_name: str, checkpoint: str | None) -> str:
+    """The model a run directory is named after (configs/config.yaml's ``hydra.run.dir``,
+    ``outputs/<job>/<model>/<time>``): the model ``checkpoint=`` was trained as (eval.py; its config
+    is recomposed from the checkpoint after Hydra made the directory), else ``model.name``. A
+    checkpoint that cannot be read leaves ``model.name``: the job then refuses it in one line."""
+    if checkpoint is None:
+        return model_name
+    try:
+        name = ckpt_io.load_checkpoint(checkpoint)["config"]["model"]["name"]
+    except Exception:  # noqa: BLE001 - any unreadable file: the job says why
+        return model_name
+    return name if isinstance(name, str) and name else model_name
+
+
+if not OmegaConf.has_resolver("run_model"):
+    OmegaConf.register_new_resolver("run_model", run_model_name)
 
 
 def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "") -> None:

@@ -11,10 +11,12 @@ metrics are exact over the whole split, not a mean of per-rank means.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nlvideo.engine import distributed as du
+from nlvideo.engine.faults import sigkill_point
 from nlvideo.engine.logging import Progress
 
 log = logging.getLogger(__name__)
@@ -168,9 +171,56 @@ def write_predictions(path: str | os.PathLike, video_ids: Sequence[str], scores:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same directory, same ending) for the block to write; renamed
+    over ``path`` when the block succeeds, removed when it fails. ``os.replace`` is atomic on POSIX: a
+    reader, or a process killed while writing, sees the previous file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+STAGING_PREFIX = ".results-"  # + run id: the staging folder of an evaluation being written
+
+
+@contextlib.contextmanager
+def one_evaluation(out_dir: Path, run_id: str, names: Sequence[str],
+                   marker: str = "metrics.json") -> Iterator[Path]:
+    """A staging folder inside ``out_dir`` for one evaluation's result files, published into ``out_dir``
+    when the block succeeds.
+
+    Publishing removes the previous evaluation's ``names`` (its ``marker`` first), then renames the new
+    files in, ``marker`` last. So a directory with a ``marker`` holds the files of the evaluation it
+    names and no other's; a process killed while writing leaves the previous evaluation whole (and the
+    staging folder, which the next evaluation in ``out_dir`` removes), one killed while publishing
+    leaves some new files and no ``marker`` (crash tests: :func:`~nlvideo.engine.faults.sigkill_point`
+    ``staged`` and ``publishing``)."""
+    for stale in out_dir.glob(STAGING_PREFIX + "*"):  # of killed evaluations: the run-dir lock is ours
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = out_dir / f"{STAGING_PREFIX}{run_id}"
+    stage.mkdir()
+    try:
+        yield stage
+        sigkill_point("staged")
+        for name in (marker, *names):
+            (out_dir / name).unlink(missing_ok=True)
+        new = sorted(p.name for p in stage.iterdir())
+        for i, name in enumerate(sorted(new, key=lambda n: n == marker)):
+            os.replace(stage / name, out_dir / name)
+            if i == 0:
+                sigkill_point("publishing")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 They live here, behind one object, so the training loop reads as training: it asks
 :class:`FaultInjection` for the loss and for a checkpoint-writing hook and otherwise ignores it.
+The output writers of eval.py and scripts/export.py have named kill points instead
+(:func:`sigkill_point`), set by an environment variable: they have no ``trainer.debug`` config.
 """
 
 from __future__ import annotations
@@ -48,3 +50,15 @@ class FaultInjection:
 
 def _int_or_none(value: object) -> int | None:
     return None if value is None else int(value)
+
+
+SIGKILL_AT = "NLVIDEO_DEBUG_SIGKILL_AT"
+
+
+def sigkill_point(name: str) -> None:
+    """SIGKILL this process here when the environment variable ``NLVIDEO_DEBUG_SIGKILL_AT`` is ``name``:
+    how the tests kill an output writer at a chosen point (``staged``, ``publishing``: eval.py's result
+    files, :func:`~nlvideo.engine.evaluate.one_evaluation`; ``exported``: scripts/export.py's file)."""
+    if os.environ.get(SIGKILL_AT) == name:
+        log.warning("%s=%s: SIGKILL", SIGKILL_AT, name)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -28,6 +28,7 @@ log = logging.getLogger("nlvideo.eval")
 CONFUSION_PNG_MAX_CLASSES = 50
 NUM_CONFUSED_PAIRS = 50
 PAIR_COLUMNS = ["true", "predicted", "videos", "percent_of_true"]
+REPORT_FILES = ("per_class.csv", "confused_pairs.csv", "confusion.png")  # what write_report may write
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 import torch
@@ -25,11 +26,12 @@ from nlvideo.engine.config import ConfigError, validate_config
 from nlvideo.engine.evaluate import (
     VideoScoreAggregator,
     evaluate_dataset,
+    one_evaluation,
     write_json,
     write_predictions,
 )
 from nlvideo.engine.logging import setup_rank_logging
-from nlvideo.engine.report import write_report
+from nlvideo.engine.report import REPORT_FILES, write_report
 from nlvideo.engine.runtime import (
     build_model,
     build_split,
@@ -154,24 +156,31 @@ def outputs_for_data_classes(model_classes: list[str] | None, data_classes: list
     return order
 
 
+RESULT_FILES = ("metrics.json", "predictions.csv", "scores.pt", *REPORT_FILES, "config_resolved.yaml")
+
+
 def write_outputs(run_dir: Path, cfg: DictConfig, ds, agg: VideoScoreAggregator, path: Path,
                   state: dict) -> None:
     """metrics.json (with the test loss and the views actually scored), predictions.csv, scores.pt
-    (per-video mean scores, for ensembling), the per-class report and the config."""
+    (per-video mean scores, for ensembling), the per-class report and the config: the files of one
+    evaluation (:func:`~nlvideo.engine.evaluate.one_evaluation`, metrics.json last), which
+    metrics.json and scores.pt name by the checkpoint tested and a run id of their own."""
     present, scores, labels = agg.result()
     multi_label = bool(ds.multi_label)
+    run_id = uuid.uuid4().hex[:12]
     metrics = agg.metrics()
     metrics.update({"num_videos": int(len(present)), "skipped_videos": agg.num_failed,
                     "num_views": int(ds.num_views), "num_views_scored": agg.num_views_scored,
-                    "checkpoint": str(path.resolve()),
+                    "checkpoint": str(path.resolve()), "run_id": run_id,
                     "iteration": int(state.get("iteration", -1)), "model": str(cfg.model.name)})
     ids = [_video_id(ds, int(i)) for i in present]
-    write_json(run_dir / "metrics.json", metrics)
-    write_predictions(run_dir / "predictions.csv", ids, scores, labels, list(ds.class_names), multi_label)
-    torch.save({"video": ids, "scores": scores, "labels": labels, "class_names": list(ds.class_names)},
-               run_dir / "scores.pt")
-    write_report(run_dir, scores, labels, list(ds.class_names), multi_label)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with one_evaluation(run_dir, run_id, RESULT_FILES) as stage:
+        write_predictions(stage / "predictions.csv", ids, scores, labels, list(ds.class_names), multi_label)
+        torch.save({"video": ids, "scores": scores, "labels": labels, "class_names": list(ds.class_names),
+                    "checkpoint": metrics["checkpoint"], "run_id": run_id}, stage / "scores.pt")
+        write_report(stage, scores, labels, list(ds.class_names), multi_label)
+        (stage / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(stage / "metrics.json", metrics)
     log.info("test: %s  (%d videos, %d skipped) -> %s", "  ".join(
         f"{k} {metrics[k]:.2f}" for k in ("top1", "top5", "mAP", "loss") if k in metrics),
         len(present), agg.num_failed, run_dir / "metrics.json")
