@@ -353,6 +353,17 @@ def class_usage_warning(ds: VideoDataset) -> str | None:
             f"{hint}")
 
 
+def split_overlap_warning(train: VideoDataset, other: VideoDataset) -> str | None:
+    """A warning when videos of ``other`` (validation, or Charades' test CSV) are training videos too:
+    their scores overstate accuracy on unseen videos. ``python -m nlvideo.data.check`` names them all."""
+    trained = {os.path.normpath(r.path) for r in train.records}
+    both = sorted({os.path.normpath(r.path) for r in other.records} & trained)
+    if not both:
+        return None
+    return (f"{other.split}: {len(both)} of its {other.num_videos} videos are training videos too (e.g. "
+            f"{ann.shown_path(both[0])}): its scores overstate accuracy on unseen videos")
+
+
 # ----------------------------------------------------------------------------------- build_dataset
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.data.annotations import output_order
-from nlvideo.data.dataset import class_usage_warning
+from nlvideo.data.dataset import class_usage_warning, split_overlap_warning
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
@@ -186,7 +186,8 @@ def check_same_data(cfg: DictConfig, *datasets) -> None:
 
 def log_data(train_ds, val_ds) -> None:
     """What data the run found, before any of it is read, and a warning when the labels use far
-    fewer classes than the classifier has (e.g. labels 0/1 with data.num_classes=400)."""
+    fewer classes than the classifier has (e.g. labels 0/1 with data.num_classes=400), or when
+    validation videos are training videos too."""
     for split, ds in (("train", train_ds), ("val", val_ds)):
         if ds is not None:
             sources = sorted({file for file, _, line in (r.source.rpartition(":") for r in ds.records)
@@ -197,6 +198,9 @@ def log_data(train_ds, val_ds) -> None:
     unused = class_usage_warning(train_ds)
     if unused and du.is_main_process():
         log.warning("%s", unused)
+    overlap = split_overlap_warning(train_ds, val_ds) if val_ds is not None else None
+    if overlap and du.is_main_process():
+        log.warning("%s", overlap)
 
 
 def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, num_batches: int) -> Loop:

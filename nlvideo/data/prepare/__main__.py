@@ -257,20 +257,23 @@ def _run(a: argparse.Namespace, opts: EncodeOptions, layout: Layout, record: dic
         _remove_partial_files(dst)  # of the workers killed (timed out, Ctrl-C)
     done = [r.job for r in results if r.status != "failed"]
     report = _report(a, opts, layout, results, free_before, time.time() - start)
+    report_written = False
     try:
         if not disk_error:
             report["lists"] = (write_kinetics_lists(dst, done) if a.dataset == "kinetics"
                                else write_charades_lists(a.src, dst, done, a.annotations))
         write_atomic(dst / REPORT, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        report_written = True
     except OSError as e:
-        print(f"error: cannot write to {shown_path(dst)} ({e.strerror or e}); lists not (re)written; rerun "
-              "the same command to resume once DST is writable; the report follows", file=sys.stderr)
-        print(json.dumps(report, ensure_ascii=True), file=sys.stderr)
-        return 1
+        disk_error = disk_error or f"{type(e).__name__}: {e}"
     if disk_error:
+        report_at = (f"report: {shown_path(dst / REPORT)}" if report_written
+                     else "the report (it did not fit) follows")
         print(f"error: {shown_path(dst)} cannot take more ({shown_path(disk_error)}): stopped after "
-              f"{len(results)} of {len(layout.jobs)} videos, lists not (re)written; make room and rerun the "
-              f"same command to resume (report: {shown_path(dst / REPORT)})", file=sys.stderr)
+              f"{len(results)} of {len(layout.jobs)} videos, the lists may be out of date; make room and "
+              f"rerun the same command to resume; {report_at}", file=sys.stderr)
+        if not report_written:
+            print(json.dumps(report, ensure_ascii=True), file=sys.stderr)
         return 1
     _print_summary(a.dataset, dst, report["summary"], report)
     if not done:
