@@ -159,6 +159,14 @@ def _unlisted(data: Mapping, root: Path, listed: set[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _check(argv)
+    except KeyboardInterrupt:  # the workers are gone by now
+        print("interrupted: no report written; rerun the same command to check the dataset", file=sys.stderr)
+        return 130
+
+
+def _check(argv: list[str] | None) -> int:
     p = ArgumentParser(prog="python -m nlvideo.data.check",
                        description="Open every video of a data config and report the bad ones.")
     p.add_argument("overrides", nargs="*", help="as train.py's: data=kinetics400 data.root=... clip=32x2")
@@ -184,16 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = [(path, spec.max_scale) for path in sorted(by_path)]
     found = {}
-    try:
-        for info in run_parallel(inspect_video, tasks, a.workers, "check", failed=lambda i: bool(i.error),
-                                 lost=_lost, timeout=a.video_timeout):
-            entries = by_path[info.path]
-            kinds = problems(info, spec, smallest, [rec for _, rec in entries])
-            if kinds:
-                found[info.path] = ([split for split, _ in entries], kinds)
-    except KeyboardInterrupt:
-        print("interrupted: no report written; rerun the same command to check the dataset", file=sys.stderr)
-        return 130
+    for info in run_parallel(inspect_video, tasks, a.workers, "check", failed=lambda i: bool(i.error),
+                             lost=_lost, timeout=a.video_timeout):
+        entries = by_path[info.path]
+        kinds = problems(info, spec, smallest, [rec for _, rec in entries])
+        if kinds:
+            found[info.path] = ([split for split, _ in entries], kinds)
     unlisted = _unlisted(data, root, set(by_path)) if data["format"] == "charades" else []
     overlap = sorted(path for path, entries in by_path.items()
                      if "train" in (splits := {split for split, _ in entries}) and len(splits) > 1)

@@ -205,6 +205,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _prepare(argv)
+    except KeyboardInterrupt:  # workers and temporary files are gone by now; DST's lock is released
+        print("interrupted: the videos prepared so far are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _prepare(argv: list[str] | None) -> int:
     a = _parse(argv)
     opts = EncodeOptions(a.short_side, a.gop, a.fps, a.crf, a.preset)
     dst, lock = a.dst, RunDirLock(a.dst, wait=a.wait)
@@ -246,15 +255,10 @@ def _run(a: argparse.Namespace, opts: EncodeOptions, layout: Layout, record: dic
             if record is not None and r.status != "failed":
                 write_atomic(dst / OPTIONS, json.dumps(record, indent=1, allow_nan=False) + "\n")
                 record = None
-    except KeyboardInterrupt:
-        kept = sum(r.status != "failed" for r in results)
-        print(f"interrupted: {kept} videos prepared this run are kept in {shown_path(dst)}; rerun the same "
-              "command to resume", file=sys.stderr)
-        return 130
     except OSError as e:  # prepare.json could not be written
         disk_error = f"{type(e).__name__}: {e}"
     finally:
-        _remove_partial_files(dst)  # of the workers killed (timed out, Ctrl-C)
+        _remove_partial_files(dst)  # of the workers killed (timed out, or on Ctrl-C)
     done = [r.job for r in results if r.status != "failed"]
     report = _report(a, opts, layout, results, free_before, time.time() - start)
     report_written = False
