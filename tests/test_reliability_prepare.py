@@ -270,6 +270,22 @@ def test_a_replaced_source_is_prepared_again(tmp_path, capsys):
     assert "4 prepared (1 now, 3 already done)" in capsys.readouterr().out
 
 
+def test_an_output_without_a_record_counts_unless_its_source_is_newer(tmp_path, capsys):
+    """Outputs of a version that recorded nothing are not all prepared again; one whose source was
+    written after it is."""
+    src, dst = tmp_path / "raw", tmp_path / "k400"
+    videos = downloads(src)
+    assert prepare(["kinetics", str(src), str(dst), *SMALL, "--workers", "1"]) == 0
+    outputs = [dst / "train" / v.parent.name / v.name for v in videos]
+    for out in outputs:  # the same videos, with no record in their metadata
+        encode(out, num_frames=5, width=48, height=32)
+    os.utime(videos[0])  # written after its output
+    capsys.readouterr()
+    assert prepare(["kinetics", str(src), str(dst), *SMALL, "--workers", "1"]) == 0
+    assert "4 prepared (1 now, 3 already done)" in capsys.readouterr().out
+    assert [open_video(str(out)).num_frames for out in outputs] == [12, 5, 5, 5]
+
+
 # --------------------------------------------------------------------------------------------------- options
 
 

@@ -141,3 +141,92 @@ def test_raising_max_iters_after_a_truncated_last_epoch_trains_to_the_new_total(
     assert [int(i) for i, _ in LOSS.findall(r.stdout)] == [7, 8, 9, 10]
     assert "epoch 3/3 done: iteration 10" in r.stdout
     assert (run_dir / "checkpoints" / "checkpoint_000000010.pt").is_file()
+
+
+def resume_from_copy(reference_dir: Path, run_dir: Path, iteration: int) -> None:
+    """A run dir holding one checkpoint of the reference run (the state a kill after it leaves)."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    name = ck.checkpoint_path(reference_dir / "checkpoints", iteration).name
+    (run_dir / "checkpoints" / name).write_bytes((reference_dir / "checkpoints" / name).read_bytes())
+
+
+@pytest.mark.parametrize("batch, position, epoch_ends", [
+    # 8 of the epoch's 16 clips trained in 2 steps of 4: with 8 a step the epoch went on at step 2 of 2
+    # (marked done, 8 clips never trained); with 2 at step 3 of 8 (4 clips trained twice).
+    (8, "after its first 8 clips, at step 1 of 2 (was step 2); iteration 2 -> 1", (2, 4)),
+    (2, "after its first 8 clips, at step 4 of 8 (was step 2); iteration 2 -> 4", (8, 16)),
+    (3, "after its first 8 clips, at step 2 of 5 (was step 2); iteration 2 -> 2", (5, 10)),
+])
+def test_another_batch_size_on_resume_trains_each_clip_of_the_epoch_once(
+        reference, tmp_path, synthetic_root, batch, position, epoch_ends):
+    """Resume the reference's checkpoint 2 (epoch 1, step 2 of 4 at batch 4) with another
+    data.batch_size: the epoch goes on after the same 8 clips and trains each of the others once (with
+    3 a step, one short step of 1 clip first, then whole ones: 15 clips an epoch at that batch size).
+    The log says what changed: the global batch, and the learning rate that linear scaling ties to it
+    (it used to say 'optim.lr differs from the checkpoint's', optim.lr being unchanged)."""
+    run_dir = tmp_path / f"batch{batch}"
+    resume_from_copy(reference[0], run_dir, 2)
+    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"data.batch_size={batch}",
+                "trainer.eval_period=0", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert f"global batch 4 -> {batch} (data.batch_size 4 -> {batch}, 1 -> 1 process(es)): epoch 1 goes on " \
+           + position in out, out[-3000:]
+    new_lr = 0.01 * batch / 64
+    assert f"learning rate 0.000625 -> {new_lr:g} (global batch 4 -> {batch}, which optim.linear_scaling " \
+           "scales the rate by)" in out and "optim.lr" not in out, out[-3000:]
+    clips = 16 - 16 % batch
+    for epoch, end in enumerate(epoch_ends, 1):
+        assert f"epoch {epoch}/2 done: iteration {end}  clips {clips}  " in out, out[-3000:]
+    assert ("a short step of 1 clip(s) per process first" in out) == (batch == 3)
+    assert f"training finished: {epoch_ends[-1]} iterations" in out
+    if batch == 8:  # checkpoint 2 counted steps of 4: renumbered 1, the original set aside
+        (abandoned,) = (run_dir / "checkpoints").glob("abandoned-*")
+        assert [p.name for p in abandoned.iterdir()] == ["checkpoint_000000002.pt"]
+        assert "saved " + str(ck.checkpoint_path(run_dir / "checkpoints", 1)) in out
+
+
+def quick_run(root: Path, run_dir: Path, *overrides: str) -> str:
+    r = run_app("train.py", *tiny_overrides(root), "trainer.eval_period=0",
+                "trainer.checkpoint.every_iters=1", "trainer.checkpoint.keep_last=10",
+                f"hydra.run.dir={run_dir}", *overrides)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_resume_path_rerun_with_the_same_command_continues_the_run(synthetic_root, tmp_path):
+    """A SLURM requeue reruns the same arguments: trainer.resume=PATH started from PATH again each time,
+    repeating all work since. PATH now starts only a run dir without checkpoints of its own."""
+    seed = tmp_path / "seed"
+    quick_run(synthetic_root, seed, "trainer.max_iters=2")
+    command = [f"trainer.resume={ck.checkpoint_path(seed / 'checkpoints', 2)}", "trainer.max_iters=4"]
+    run_dir = tmp_path / "seeded"
+    first = quick_run(synthetic_root, run_dir, *command)
+    assert "the run dir has no checkpoint of its own; starting from it" in first
+    assert [int(i) for i, _ in LOSS.findall(first)] == [3, 4]
+
+    again = quick_run(synthetic_root, run_dir, *command)
+    assert "this run was started from it before; continuing from the run dir's newest checkpoint " \
+           f"{ck.checkpoint_path(run_dir / 'checkpoints', 4)}" in again, again[-3000:]
+    assert LOSS.findall(again) == [] and "training finished: 4 iterations" in again
+
+
+def test_rolling_back_sets_the_abandoned_checkpoints_aside(synthetic_root, tmp_path):
+    """Resuming from an older checkpoint of the run (e.g. with a lower learning rate) wrote new
+    checkpoints beside the abandoned branch's newer ones, and a later resume=auto picked those up."""
+    run_dir = tmp_path / "rollback"
+    ckpts = run_dir / "checkpoints"
+    quick_run(synthetic_root, run_dir, "trainer.max_iters=6")
+    abandoned = {n: ck.checkpoint_path(ckpts, n).read_bytes() for n in (4, 5, 6)}
+    back = [f"trainer.resume={ck.checkpoint_path(ckpts, 3)}", "trainer.max_iters=5", "optim.lr=0.005"]
+    out = quick_run(synthetic_root, run_dir, *back)
+    assert "rolling the run back to" in out and "moved to" in out
+    (aside,) = ckpts.glob("abandoned-*")
+    assert {int(p.stem.split("_")[1]): p.read_bytes() for p in aside.iterdir()} == abandoned
+    assert names(ckpts) == [1, 2, 3, 4, 5] and [int(i) for i, _ in LOSS.findall(out)] == [4, 5]
+
+    requeued = quick_run(synthetic_root, run_dir, *back)  # the same command again: no second roll-back
+    assert "this run was started from it before" in requeued and LOSS.findall(requeued) == []
+    out = quick_run(synthetic_root, run_dir, "trainer.max_iters=6", "optim.lr=0.005")
+    assert f"resumed from {ck.checkpoint_path(ckpts, 5)}" in out, out[-3000:]
+    assert [int(i) for i, _ in LOSS.findall(out)] == [6]

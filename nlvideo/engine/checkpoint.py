@@ -8,7 +8,8 @@ checkpoints or the new one, never a truncated ``.pt``.
 
 Every checkpoint carries its run's ``run_id``. Rotation deletes only older files of the same run, and
 never the one just written; a file that cannot be read (e.g. copied in half by hand) is reported and
-moved to ``checkpoints/unreadable/``, so it is neither ranked as "newest" nor deleted.
+moved to ``checkpoints/unreadable/``, so it is neither ranked as "newest" nor deleted; the files of a
+branch a run left (resumed explicitly from an older checkpoint) move to ``checkpoints/abandoned-<time>/``.
 :func:`load_latest_valid` walks the checkpoints newest first and skips (and moves aside) such files.
 
 A checkpoint is a plain dict; the trainer decides its content (model, optimizer, scheduler, scaler,
@@ -24,6 +25,7 @@ import random
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _TMP_WRITER = re.compile(r"^\.checkpoint_\d+\.pt\.(?P<host>.+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 UNREADABLE_DIR = "unreadable"
+ABANDONED_PREFIX = "abandoned-"
 
 
 def checkpoint_path(directory: str | os.PathLike, iteration: int) -> Path:
@@ -132,6 +135,32 @@ def set_aside(path: Path, reason: str) -> Path:
     os.replace(path, dest)
     log.warning("checkpoint %s is unreadable (%s); moved to %s", path, reason, dest)
     return dest
+
+
+def iteration_of(path: str | os.PathLike) -> int | None:
+    """The iteration in a checkpoint's file name, None for another name."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def set_aside_newer(directory: str | os.PathLike, iteration: int, reason: str) -> list[Path]:
+    """Move the checkpoints numbered above ``iteration`` to ``abandoned-<time>/`` beside them (never
+    deleted), reporting them: the run goes on from ``iteration`` (a roll-back, or a position counted in
+    steps of another batch), and :func:`load_latest_valid` must not later prefer one of them to the
+    files the run now writes. Returns the new paths."""
+    newer = [p for p in list_checkpoints(directory) if iteration_of(p) > iteration]
+    if not newer:
+        return []
+    dest_dir = Path(directory) / time.strftime(f"{ABANDONED_PREFIX}%Y%m%d-%H%M%S")
+    dest_dir.mkdir(exist_ok=True)
+    moved = []
+    for path in newer:
+        moved.append(dest_dir / path.name)
+        os.replace(path, moved[-1])
+    _fsync_dir(Path(directory))
+    log.warning("%d checkpoint(s) numbered above iteration %d (%s) moved to %s (%s)", len(moved), iteration,
+                ", ".join(p.name for p in moved), dest_dir, reason)
+    return moved
 
 
 def prune(directory: Path, run_id: str | None, keep: Path, keep_last: int) -> list[Path]:

@@ -77,6 +77,22 @@ def _existing_file(t: DictConfig, key: str, hint: str) -> None:
         raise ConfigError(f"trainer.{key}={value} does not exist{hint}")
 
 
+def _run_dir_has_checkpoints() -> bool:
+    """Whether this job's run dir already holds checkpoints: then ``trainer.resume=PATH`` is a rerun of
+    the command that started the run, and PATH may since have been rotated away (the run goes on from
+    its newest checkpoint). Ranks > 0 (whose run dir is rank 0's, known later) leave it to rank 0."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nlvideo.engine.checkpoint import list_checkpoints
+    from nlvideo.engine.distributed import env_rank
+
+    if env_rank() != 0:
+        return True
+    if not HydraConfig.initialized():
+        return False
+    return bool(list_checkpoints(Path(HydraConfig.get().runtime.output_dir) / "checkpoints"))
+
+
 def _check_signals(names: Any) -> None:
     """``trainer.preempt_signals``: names of signals a handler can be installed for."""
     usable = set(signal.Signals.__members__) - {"SIGKILL", "SIGSTOP"}
@@ -116,8 +132,9 @@ def _check_training(t: DictConfig) -> None:
     number(t, "preempt_exit_code", "trainer", integer=True, at_least=0, below=256)
     number(t, "dist_timeout_min", "trainer", above=0)
     _check_signals(t.preempt_signals)
-    _existing_file(t, "resume", ": pass a checkpoint file, trainer.resume=auto (the newest in the run dir) "
-                   "or trainer.resume=null")
+    if not _run_dir_has_checkpoints():  # else the run's own newest may win (trainer.checkpoint_to_resume)
+        _existing_file(t, "resume", ": pass a checkpoint file, trainer.resume=auto (the newest in the run "
+                       "dir) or trainer.resume=null")
     _existing_file(t, "init_weights", "")
 
 

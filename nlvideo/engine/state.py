@@ -4,8 +4,11 @@ killed run resumes without losing or repeating an iteration.
 On disk the fields keep the names checkpoints have always used (``epoch``, ``iter_in_epoch``,
 ``iteration``, ``best``, per-rank ``rng``, and the ``world_size``/``per_rank_batch`` that wrote them),
 so older checkpoints resume too. Newer fields: ``run_id`` (which run wrote it: checkpoint rotation
-deletes only its own run's files) and ``epoch_sums`` (the running epoch's loss/accuracy/skipped
-totals, so epoch metrics after a mid-epoch resume cover the whole epoch).
+deletes only its own run's files), ``epoch_sums`` (the running epoch's loss/accuracy/skipped
+totals, so epoch metrics after a mid-epoch resume cover the whole epoch), ``samples`` and
+``iters_per_epoch`` (the position in the epoch in clips, and the epoch's length in steps: a resume with
+another global batch continues at the same clip) and ``resumed_from`` (the ``trainer.resume=PATH``
+the run was started or rolled back from: a rerun of that command continues the run instead).
 """
 
 from __future__ import annotations
@@ -58,26 +61,32 @@ class TrainState:
     best: float | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     epoch_sum: Meter = field(default_factory=Meter)  # totals of the steps of ``epoch`` done so far
+    samples: int = 0  # clips of ``epoch`` trained so far, all ranks together: the epoch order's first ones
+    resumed_from: str | None = None  # the trainer.resume=PATH (real path) this run was started from
     # This rank's generator states, restored just before the next batch is drawn (set by a resume).
     pending_rng: dict[str, Any] | None = None
 
-    def state_dict(self, per_rank_batch: int) -> dict[str, Any]:
-        """Collective (gathers every rank's RNG state); call on every rank."""
+    def state_dict(self, per_rank_batch: int, iters_per_epoch: int) -> dict[str, Any]:
+        """Collective (gathers every rank's RNG state); call on every rank. A state resumed but not yet
+        trained from saves the generator states it will restore."""
         return {
             "epoch": self.epoch, "iter_in_epoch": self.step, "iteration": self.iteration, "best": self.best,
             "run_id": self.run_id, "epoch_sums": asdict(self.epoch_sum),
             "world_size": du.get_world_size(), "per_rank_batch": per_rank_batch,
-            "samples_per_rank": self.step * per_rank_batch,
-            "rng": du.all_gather_object(ckpt_io.rng_state()),
+            "iters_per_epoch": iters_per_epoch, "samples": self.samples,
+            "samples_per_rank": self.samples // du.get_world_size(), "resumed_from": self.resumed_from,
+            "rng": du.all_gather_object(self.pending_rng or ckpt_io.rng_state()),
         }
 
     @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any], global_batch: int) -> TrainState:
+    def from_checkpoint(cls, saved: dict[str, Any], global_batch: int, iters_per_epoch: int) -> TrainState:
         """The position a checkpoint recorded, for this job's process count and global batch."""
-        info = du.info()
+        info, saved_batch = du.info(), saved_global_batch(saved, global_batch)
         state = cls(epoch=saved["epoch"], step=saved["iter_in_epoch"], iteration=saved["iteration"],
                     best=saved.get("best"), run_id=str(saved.get("run_id") or ""),
-                    epoch_sum=Meter(**saved.get("epoch_sums") or {}))
+                    epoch_sum=Meter(**saved.get("epoch_sums") or {}),
+                    samples=int(saved.get("samples", saved["iter_in_epoch"] * saved_batch)),
+                    resumed_from=saved.get("resumed_from"))
         if state.step and "epoch_sums" not in saved:
             log.warning("checkpoint has no epoch totals: this epoch's train/epoch_* cover only the steps "
                         "after the resume")
@@ -87,13 +96,40 @@ class TrainState:
         else:
             log.warning("checkpoint was written by %d process(es), this job has %d: RNG streams restart",
                         len(rngs), info.world_size)
-        if saved.get("world_size", info.world_size) != info.world_size:  # keep the global position
-            consumed = saved["iter_in_epoch"] * saved["world_size"] * saved["per_rank_batch"]
-            state.step = consumed // global_batch
+        if saved_batch != global_batch:
+            state.renumber(saved, saved_batch, global_batch, iters_per_epoch)
         return state
+
+    def renumber(self, saved: dict[str, Any], old_batch: int, global_batch: int,
+                 iters_per_epoch: int) -> None:
+        """Count the position in steps of ``global_batch`` clips (data.batch_size or the process count
+        changed): the epoch goes on after the same clips (:attr:`samples`; when they are not a whole
+        number of new steps, the next step is a short one: :func:`nlvideo.engine.trainer.short_batch`),
+        and the iteration (the LR schedule's argument, the checkpoints' number) is that of the epoch's
+        start in epochs of ``iters_per_epoch`` steps plus the steps done in it."""
+        old_step, old_iteration = self.step, self.iteration
+        old_per_epoch = saved.get("iters_per_epoch") or (
+            (old_iteration - old_step) // self.epoch if self.epoch else iters_per_epoch)
+        epoch_start = round((old_iteration - old_step) * iters_per_epoch / max(old_per_epoch, 1))
+        self.step = self.samples // global_batch
+        self.iteration = epoch_start + self.step
+        log.warning("global batch %d -> %d (data.batch_size %s -> %d, %s -> %d process(es)): epoch %d "
+                    "goes on after its first %d clips, at step %d of %d (was step %d); iteration %d -> %d",
+                    old_batch, global_batch, saved.get("per_rank_batch", "?"),
+                    global_batch // du.get_world_size(), saved.get("world_size", "?"), du.get_world_size(),
+                    self.epoch + 1, self.samples, self.step, iters_per_epoch, old_step, old_iteration,
+                    self.iteration)
 
     def restore_rng(self) -> None:
         """Restore the generators a resume recorded (once)."""
         if self.pending_rng is not None:
             ckpt_io.set_rng_state(self.pending_rng)
             self.pending_rng = None
+
+
+def saved_global_batch(saved: dict[str, Any], default: int) -> int:
+    """Clips per step, all ranks together, of the run that wrote checkpoint ``saved`` (``default`` for
+    checkpoints that do not say)."""
+    if "per_rank_batch" not in saved:
+        return default
+    return int(saved.get("world_size", du.get_world_size())) * int(saved["per_rank_batch"])

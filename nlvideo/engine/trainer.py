@@ -22,6 +22,7 @@ restores. Crash-test hooks (``trainer.debug.*``) live in :mod:`nlvideo.engine.fa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -67,7 +68,7 @@ from nlvideo.engine.runtime import (
     setup_runtime,
     task_overrides,
 )
-from nlvideo.engine.state import Meter, TrainState
+from nlvideo.engine.state import Meter, TrainState, saved_global_batch
 from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
 
 log = logging.getLogger("nlvideo.train")
@@ -308,15 +309,26 @@ def preempt_signals(cfg: DictConfig) -> list[str]:
 
 def start_or_resume(loop: Loop) -> TrainState:
     """A fresh state, or everything a checkpoint holds restored: the newest valid checkpoint of the run
-    dir (``trainer.resume=auto``) or ``trainer.resume=PATH``."""
+    dir (``trainer.resume=auto``) or ``trainer.resume=PATH`` (:func:`checkpoint_to_resume`)."""
     loaded: dict[str, dict] = {}  # rank 0 read the newest valid checkpoint whole: not read it twice
-    path = decide_on_main(lambda: checkpoint_to_resume(loop, loaded))
-    return resume(loop, path, loaded.get(path)) if path else TrainState()
+    path, explicit = decide_on_main(lambda: checkpoint_to_resume(loop, loaded))
+    if not path:
+        return TrainState()
+    state = resume(loop, path, loaded.get(path))
+    if explicit:  # a rerun of this command continues the run instead of starting from PATH again
+        state.resumed_from = os.path.realpath(path)
+    return state
 
 
-def checkpoint_to_resume(loop: Loop, loaded: dict[str, dict]) -> str | None:
-    """Rank 0: which checkpoint to resume, refusing whatever would mix two runs' files in one run dir.
-    A checkpoint it had to read whole (to know it is valid) is left in ``loaded``."""
+def checkpoint_to_resume(loop: Loop, loaded: dict[str, dict]) -> tuple[str | None, bool]:
+    """Rank 0: which checkpoint to resume, and whether it is ``trainer.resume=PATH`` itself, refusing
+    whatever would mix two runs' files in one run dir. A checkpoint it had to read whole (to know it is
+    valid) is left in ``loaded``.
+
+    ``trainer.resume=PATH`` starts a run dir that has no valid checkpoint of its own; afterwards the run
+    dir's newest valid checkpoint wins, so a requeued job (the same command again) goes on where it
+    stopped. The exception is a roll-back: PATH is an older checkpoint of this run dir that the run was
+    not already continued from; the newer ones are then moved to ``checkpoints/abandoned-<time>/``."""
     wanted, d = loop.cfg.trainer.resume, loop.ckpt_dir
     existing = ckpt_io.list_checkpoints(d)
     if wanted in (None, "null", False):
@@ -324,26 +336,64 @@ def checkpoint_to_resume(loop: Loop, loaded: dict[str, dict]) -> str | None:
             raise ConfigError(f"trainer.resume=null, but {d} already holds {len(existing)} checkpoint(s) "
                               f"(newest {existing[-1].name}): pass trainer.resume=auto to continue that run, "
                               "or choose a new hydra.run.dir")
-        return None
+        return None, False
+    if wanted != "auto":
+        check_same_run(Path(str(wanted)), existing)
+    found = ckpt_io.load_latest_valid(d)
+    if found is not None:
+        loaded[str(found[0])] = found[1]
     if wanted == "auto":
-        found = ckpt_io.load_latest_valid(d)
         if found is None:
             log.info("no valid checkpoint in %s: starting from scratch", d)
-            return None
-        loaded[str(found[0])] = found[1]
-        return str(found[0])
-    path = Path(str(wanted))
-    theirs = ckpt_io.run_id_of(path)
-    if theirs is None:
-        raise ConfigError(f"trainer.resume={wanted} is not a readable nlvideo checkpoint")
+            return None, False
+        return str(found[0]), False
+    return explicit_resume(Path(str(wanted)), found)
+
+
+def check_same_run(path: Path, existing: list[Path]) -> None:
+    """``trainer.resume=PATH`` must be a readable checkpoint of the run whose checkpoints the run dir
+    holds (unreadable ones are set aside)."""
+    theirs = ckpt_io.run_id_of(path) if path.is_file() else None
+    if theirs is None and not existing:
+        raise ConfigError(f"trainer.resume={path} is not a readable nlvideo checkpoint")
     for other in existing:
         found = ckpt_io.run_id_of(other)
         if found is None:
             ckpt_io.set_aside(other, "found before resuming")
-        elif found != theirs:
-            raise ConfigError(f"{d} holds checkpoints of another run (e.g. {other.name}) than "
-                              f"trainer.resume={wanted}: choose a new hydra.run.dir")
-    return str(path)
+        elif theirs is not None and found != theirs:
+            raise ConfigError(f"{other.parent} holds checkpoints of another run (e.g. {other.name}) than "
+                              f"trainer.resume={path}: choose a new hydra.run.dir")
+
+
+def explicit_resume(path: Path, newest: tuple[Path, dict] | None) -> tuple[str, bool]:
+    """Rank 0, ``trainer.resume=PATH``: PATH, or the run dir's ``newest`` valid checkpoint (see
+    :func:`checkpoint_to_resume`), logging which and why."""
+    if newest is None:
+        if not path.is_file():
+            raise ConfigError(f"trainer.resume={path} does not exist, and the run dir has no checkpoint")
+        log.info("trainer.resume=%s: the run dir has no checkpoint of its own; starting from it", path)
+        return str(path), True
+    newest_path, saved = newest
+    real = os.path.realpath(path)
+    if saved.get("resumed_from") == real:
+        log.info("trainer.resume=%s: this run was started from it before; continuing from the run dir's "
+                 "newest checkpoint %s (the same command after a requeue goes on, not back)", path,
+                 newest_path)
+        return str(newest_path), False
+    if os.path.realpath(newest_path) == real:
+        return str(newest_path), True
+    if os.path.realpath(path.parent) == os.path.realpath(newest_path.parent):
+        iteration = ckpt_io.iteration_of(path)
+        if iteration is not None and path.is_file():
+            ckpt_io.set_aside_newer(newest_path.parent, iteration,
+                                    f"trainer.resume={path.name} rolls the run back; resume=auto would "
+                                    "otherwise pick the abandoned branch's newer files")
+            log.warning("rolling the run back to %s", path)
+            return str(path), True
+    log.warning("trainer.resume=%s not used: the run dir has checkpoints of its own (newest %s), which "
+                "continue the run; trainer.resume=PATH only starts a run dir without any (to go back to an "
+                "older checkpoint of this run, pass one of %s)", path, newest_path, newest_path.parent)
+    return str(newest_path), False
 
 
 def resume(loop: Loop, path: str, saved: dict | None = None) -> TrainState:
@@ -359,14 +409,37 @@ def resume(loop: Loop, path: str, saved: dict | None = None) -> TrainState:
         raise ConfigError(f"checkpoint {path} does not fit model {loop.cfg.model.name}: "
                           f"{' '.join(str(exc).split())[:300]}") from None
     loop.optimizer.load_state_dict(saved["optimizer"])
-    if restore_schedule(loop.optimizer, loop.scheduler, saved["scheduler"]):  # e.g. a lower lr after NaN
-        log.warning("optim.lr differs from the checkpoint's: continuing with the configured rate")
+    state = TrainState.from_checkpoint(saved, loop.global_batch, loop.iters_per_epoch)
+    schedule = {**saved["scheduler"], "last_epoch": state.iteration, "_step_count": state.iteration + 1}
+    if restore_schedule(loop.optimizer, loop.scheduler, schedule):  # e.g. a lower lr after NaN
+        log.warning("%s", lr_change(loop, saved))
     if loop.scaler is not None and saved.get("scaler"):
         loop.scaler.load_state_dict(saved["scaler"])
-    state = TrainState.from_checkpoint(saved, loop.global_batch)
     log.info("resumed from %s (epoch %d, step %d, iteration %d)", path, state.epoch + 1, state.step,
              state.iteration)
+    if state.iteration < saved["iteration"]:  # counted in larger steps: the run's newest file is renumbered
+        save(loop, state, rotate=False)
+        if du.is_main_process():
+            ckpt_io.set_aside_newer(loop.ckpt_dir, state.iteration, "numbered in steps of the earlier, "
+                                    "smaller global batch; the run goes on from the renumbered copy")
     return state
+
+
+def lr_change(loop: Loop, saved: dict) -> str:
+    """Why the configured learning rate is not the checkpoint's: ``optim`` keys, or the global batch
+    that linear scaling multiplies it by."""
+    old_cfg = saved.get("config", {}).get("optim", {})
+    new_cfg = loop.meta["config"]["optim"]
+    keys = ("lr", "reference_batch_size", "linear_scaling")
+    why = config_changes({k: old_cfg.get(k) for k in keys if k in old_cfg},
+                         {k: new_cfg.get(k) for k in keys if k in new_cfg}, "optim")
+    old_batch = saved_global_batch(saved, loop.global_batch)
+    if old_batch != loop.global_batch and new_cfg.get("linear_scaling", True):
+        why.append(f"global batch {old_batch} -> {loop.global_batch}, which optim.linear_scaling scales the "
+                   "rate by")
+    old_lr, new_lr = saved["scheduler"]["base_lrs"][0], loop.scheduler.base_lrs[0]
+    return (f"learning rate {old_lr:g} -> {new_lr:g} ({'; '.join(why) or 'the optimizer config changed'}): "
+            "continuing with the configured rate")
 
 
 def check_resumable(loop: Loop, saved: dict, path: str) -> None:
@@ -452,10 +525,10 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
     try:
         while state.iteration < loop.total_iters:
             epoch, first_step = state.epoch, state.step
-            train_sampler.set_epoch(epoch, start=state.step * loop.per_rank_batch)
+            head = short_batch(loop, state, train_sampler, train_loader)
             if state.step == 0:  # an epoch-end checkpoint holds the generators before iter()
                 state.restore_rng()
-            batches = iter(train_loader)
+            batches = itertools.chain(head, iter(train_loader))
             state.restore_rng()  # a mid-epoch one holds them after iter() (which draws a seed)
             stopped = train_one_epoch(loop, state, batches)
             del batches
@@ -466,7 +539,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                 return 1
             if val is not None and is_validation_epoch(loop, state):
                 validate(loop, state, val, train_sampler, train_loader)
-            state.epoch, state.step, state.epoch_sum = epoch + 1, 0, Meter()
+            state.epoch, state.step, state.samples, state.epoch_sum = epoch + 1, 0, 0, Meter()
             save(loop, state)
             loop.tb.flush()
         log.info("training finished: %d iterations, best %s, %d unreadable video(s) reported",
@@ -479,6 +552,23 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
     finally:
         loop.preemption.restore()
         loop.tb.close()
+
+
+def short_batch(loop: Loop, state: TrainState, sampler, loader) -> list[dict]:
+    """Point the sampler at the epoch's first clip not yet trained (``state.samples``); return the batch
+    that trains the clips up to the next whole step of this run's batch size, if there are any (a resume
+    with another global batch, after a number of clips that is not a whole number of its steps): so
+    every clip of the epoch is trained once, none twice and none left out."""
+    done = state.samples // du.get_world_size()  # this rank's clips of the epoch order
+    short = -done % loop.per_rank_batch
+    sampler.set_epoch(state.epoch, start=done)
+    if not short:
+        return []
+    items = list(itertools.islice(iter(sampler), short))
+    sampler.set_epoch(state.epoch, start=done + len(items))
+    log.info("epoch %d: a short step of %d clip(s) per process first, up to the next whole step of %d",
+             state.epoch + 1, len(items), loop.per_rank_batch)
+    return [loader.collate_fn([loader.dataset[item] for item in items])] if items else []
 
 
 def is_validation_epoch(loop: Loop, state: TrainState) -> bool:
@@ -573,6 +663,7 @@ def train_step(loop: Loop, state: TrainState, batch: dict, data_time: float) -> 
     grad_norm = update_weights(loop, loss)
     loop.scheduler.step()
     state.iteration += 1
+    state.samples += b * du.get_world_size()
     return StepRecord(on_device, on_host, new_bad, state.iteration, state.step + 1, lrs, grad_norm, data_time)
 
 
@@ -669,9 +760,10 @@ def log_epoch(loop: Loop, state: TrainState) -> None:
     summary["data/skipped_videos"] = int(total.skipped)
     loop.tb.scalars(summary, state.iteration)
     top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
-    log.info("epoch %d/%d done: iteration %d  loss %.4f%s  skipped videos %d (unreadable reads replaced "
-             "this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1, loop.num_epochs(state),
-             state.iteration, summary["train/epoch_loss"], top1, int(total.skipped), loop.bad_videos.count)
+    log.info("epoch %d/%d done: iteration %d  clips %d  loss %.4f%s  skipped videos %d (unreadable reads "
+             "replaced this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1,
+             loop.num_epochs(state), state.iteration, int(total.n), summary["train/epoch_loss"], top1,
+             int(total.skipped), loop.bad_videos.count)
 
 
 def epoch_totals(loop: Loop, total: Meter) -> dict[str, float]:
@@ -746,18 +838,19 @@ def log_attention(loop: Loop, val_ds, iteration: int) -> None:
     loop.tb.figure("val/attention", attention_figure(frames, att, title=title), iteration)
 
 
-def save(loop: Loop, state: TrainState) -> Path | None:
+def save(loop: Loop, state: TrainState, rotate: bool = True) -> Path | None:
     """Checkpoint the weights, optimizer, schedule, scaler and ``state`` (collective: gathers every
-    rank's RNG state); rank 0 writes and returns the path."""
+    rank's RNG state); rank 0 writes and returns the path. ``rotate``: delete the run's checkpoints
+    beyond ``trainer.checkpoint.keep_last``."""
     payload = {"model": loop.net.state_dict(), "optimizer": loop.optimizer.state_dict(),
                "scheduler": loop.scheduler.state_dict(),
                "scaler": loop.scaler.state_dict() if loop.scaler else None,
-               **state.state_dict(loop.per_rank_batch), **loop.meta}
+               **state.state_dict(loop.per_rank_batch, loop.iters_per_epoch), **loop.meta}
     if not du.is_main_process():
         return None
+    keep_last = int(loop.cfg.trainer.checkpoint.keep_last) if rotate else None
     try:
-        path = ckpt_io.save_checkpoint(payload, loop.ckpt_dir, state.iteration,
-                                       keep_last=int(loop.cfg.trainer.checkpoint.keep_last),
+        path = ckpt_io.save_checkpoint(payload, loop.ckpt_dir, state.iteration, keep_last=keep_last,
                                        _while_writing=loop.faults.while_writing(state.iteration))
     except (OSError, RuntimeError) as exc:  # torch.save's zip writer reports a failed write as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())

@@ -72,26 +72,34 @@ class Result:
     disk_error: bool = False
 
 
-def source_record(source: str, opts: EncodeOptions) -> str:
+def source_record(source: os.stat_result, opts: EncodeOptions) -> str:
     """What an output records about how it was made (its metadata comment): the source's size and
     modification time and the options. An output whose record differs is made again."""
-    st = os.stat(source)
-    return json.dumps({"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, **asdict(opts)},
+    return json.dumps({"source_size": source.st_size, "source_mtime_ns": source.st_mtime_ns, **asdict(opts)},
                       sort_keys=True)
 
 
+def _up_to_date(out: Path, source: os.stat_result, record: str) -> float | None:
+    """The seconds of video in ``out`` if it was made from this source with these options, else None.
+    An output without a record (prepared by a version that wrote none, with DST's recorded options)
+    counts when it is newer than its source, as ``make`` decides."""
+    if not out.is_file():
+        return None
+    seconds, recorded = comment_of(out)
+    if recorded == record or (not recorded and out.stat().st_mtime_ns >= source.st_mtime_ns):
+        return seconds
+    return None
+
+
 def prepare_one(task: tuple[Job, str, EncodeOptions]) -> Result:
-    """Encode one video unless its output exists and records the same source and options; any error
-    becomes a ``failed`` result."""
+    """Encode one video unless its output is up to date; any error becomes a ``failed`` result."""
     job, dst, opts = task
     out = Path(dst) / job.output
     try:
-        in_bytes = os.path.getsize(job.source)
-        record = source_record(job.source, opts)
-        if out.is_file():
-            seconds, recorded = comment_of(out)
-            if recorded == record:
-                return Result(job, "done", seconds, in_bytes, out.stat().st_size)
+        source = os.stat(job.source)
+        in_bytes, record = source.st_size, source_record(source, opts)
+        if (seconds := _up_to_date(out, source, record)) is not None:
+            return Result(job, "done", seconds, in_bytes, out.stat().st_size)
         encoded = encode_video(job.source, out, opts, record)
         return Result(job, "encoded", encoded.seconds, in_bytes, out.stat().st_size)
     except Exception as e:  # noqa: BLE001 - a bad video is reported, never fatal
