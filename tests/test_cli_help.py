@@ -21,3 +21,12 @@ def test_help_describes_the_script_groups_and_keys(script, flag, expected):
     assert "  model       c2d, c2d_nl1," in r.stdout and "device=auto|cpu|cuda" in r.stdout
     after = set((REPO / "outputs").glob("*")) if (REPO / "outputs").exists() else set()
     assert after == before  # no Hydra run dir was made
+
+
+def test_export_help_lists_its_main_keys():
+    r = run_app("scripts/export.py", "--help", timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    keys = r.stdout.split("Main keys (key=value; every key: --cfg job):\n", 1)[1].split("\n\n", 1)[0]
+    for key in ("checkpoint=PATH", "format=onnx|torchscript|exported_program", "out=FILE", "video=FILE",
+                "dynamic=true|false"):
+        assert key in keys, r.stdout

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import signal
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -121,3 +125,79 @@ def test_export_script_writes_the_file_and_checks_it_on_a_real_clip(trained_chec
     torch.testing.assert_close(torch.jit.load(str(out))(clip), predictor.model(clip).detach())
     r = run_app("scripts/export.py", f"checkpoint={trained_checkpoint}", "format=tflite")
     assert r.returncode == 2 and "error: format='tflite' is not allowed" in r.stderr
+
+
+# ---- scripts/export.py: where the file goes, what it takes ----
+
+def export_app(*overrides: str, kill_at: str | None = None):
+    """scripts/export.py in a real process; ``kill_at``: its kill point (SIGKILL)."""
+    from tests.test_train_run import REPO, app_env
+
+    env = app_env() | ({"NLVIDEO_DEBUG_SIGKILL_AT": kill_at} if kill_at else {})
+    return subprocess.run([sys.executable, "scripts/export.py", *overrides], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_a_killed_export_leaves_the_previous_file_whole(trained_checkpoint, tmp_path):
+    out = tmp_path / "model.torchscript.pt"
+    r = export_app(f"checkpoint={trained_checkpoint}", "format=torchscript", f"out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    good = out.read_bytes()
+    r = export_app(f"checkpoint={trained_checkpoint}", "format=torchscript", f"out={out}", kill_at="exported")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert out.read_bytes() == good
+    torch.jit.load(str(out))  # still the good file
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("{tmp}/missing/model.onnx", "out={tmp}/missing/model.onnx: directory {tmp}/missing does not exist"),
+    ("{tmp}", "out={tmp} is a directory: name the file to write"),
+    ("/sys/model.onnx", "out=/sys/model.onnx: cannot write in /sys ("),  # read-only, also for root
+])
+def test_export_refuses_an_out_it_cannot_write_before_exporting(trained_checkpoint, tmp_path, out, message):
+    if out.startswith("/sys") and not _write_fails("/sys"):
+        pytest.skip("no read-only /sys on this machine")
+    r = export_app(f"checkpoint={trained_checkpoint}", f"out={out.format(tmp=tmp_path)}")
+    expected = f"error: {message.format(tmp=tmp_path)}"
+    assert r.returncode == 2 and r.stderr.startswith(expected), r.stderr[-3000:]
+    assert len(r.stderr.splitlines()) == 1 and r.stdout == ""
+
+
+def _write_fails(folder: str) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return False
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(bool(ONNX_MISSING), reason="format=onnx needs the dev extra")
+def test_onnx_export_names_its_axes_and_records_its_input(trained_checkpoint, tmp_path):
+    """Fixed: batch axis named ``batch``, the test views' T and crop in the metadata and the log.
+    dynamic=true: onnxruntime runs another frame count and crop, matching eager."""
+    import onnx
+    import onnxruntime
+
+    predictor = nlvideo.Predictor.from_checkpoint(trained_checkpoint, views=1, device="cpu")
+    t, crop = predictor.spec.num_frames, predictor.spec.crop_size
+    fixed, dynamic = tmp_path / "fixed.onnx", tmp_path / "dynamic.onnx"
+    r = export_app(f"checkpoint={trained_checkpoint}", f"out={fixed}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"input batch x 3 x {t} x {crop} x {crop} (batch >= 1)" in r.stdout
+    model = onnx.load(str(fixed))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["input_shape"] == f"batch x 3 x {t} x {crop} x {crop}" and props["batch_range"] == ">= 1"
+    assert props["mean"] == str(list(predictor.spec.mean))
+    assert [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim] == ["batch", ""]
+
+    r = export_app(f"checkpoint={trained_checkpoint}", f"out={dynamic}", "dynamic=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "input batch x 3 x frames x height x width (batch >= 1; frames >= " in r.stdout
+    session = onnxruntime.InferenceSession(str(dynamic), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", 3, "frames", "height", "width"]]
+    clip = torch.randn(1, 3, 2 * t, crop + 16, crop - 8)
+    with torch.inference_mode():
+        expected = predictor.model(clip)
+    assert relative_error(torch.from_numpy(session.run(None, {"clip": clip.numpy()})[0]), expected) <= 1e-4
+    r = export_app(f"checkpoint={trained_checkpoint}", "format=torchscript", "dynamic=true")
+    assert r.returncode == 2 and "error: dynamic=true is for format=onnx and exported_program" in r.stderr
