@@ -82,7 +82,7 @@ def test_truncated_newest_checkpoint_is_set_aside_and_new_ones_survive(synthetic
     assert f"checkpoint {newest} is unreadable" in r.stdout
     assert "no valid checkpoint in" in r.stdout and "starting from scratch" in r.stdout
     assert iterations(run_dir) == [2]
-    assert torch.load(ck.checkpoint_path(run_dir / "checkpoints", 2), weights_only=False)["iteration"] == 2
+    assert torch.load(ck.checkpoint_path(run_dir / "checkpoints", 2), weights_only=True)["iteration"] == 2
     assert (run_dir / "checkpoints" / "unreadable" / newest.name).stat().st_size == 1000
 
 
@@ -221,3 +221,25 @@ def test_rerun_right_after_sigkill_with_loader_workers_is_accepted(synthetic_roo
     r = train(synthetic_root, run_dir, "data.num_workers=2", "trainer.max_iters=1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "in use by" not in r.stderr
+
+
+def test_resume_refuses_other_data_the_model_sees_and_allows_speed_settings(synthetic_root, tmp_path):
+    """data.mean, data.sampling_rate, crop sizes... resumed with rc 0 and no word (the model trained on
+    other inputs from then on); model.nonlocal.impl, a computation path, was refused as a model change."""
+    run_dir = tmp_path / "changed"
+    assert train(synthetic_root, run_dir, "trainer.max_iters=1").returncode == 0
+    r = train(synthetic_root, run_dir, "data.mean=100", "data.sampling_rate=4", "data.train_crop_size=40",
+              "trainer.max_iters=2")
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    (message,) = r.stderr.strip().splitlines()
+    assert message == (f"error: checkpoint {ck.checkpoint_path(run_dir / 'checkpoints', 1)} was trained with "
+                       "another data config (data.mean: 114.75 -> 100; data.sampling_rate: 8 -> 4; "
+                       "data.train_crop_size: 48 -> 40): pass trainer.allow_config_change=true to resume "
+                       "anyway, or choose a new hydra.run.dir"), message
+
+    r = train(synthetic_root, run_dir, "model.nonlocal.impl=naive", "trainer.channels_last=false",
+              "data.num_workers=1", "trainer.max_iters=2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming with other speed settings (same computation): model.nonlocal.impl: auto -> naive; " \
+           "data.num_workers: 0 -> 1; trainer.channels_last: True -> False" in r.stdout
+    assert iterations(run_dir)[-1] == 2

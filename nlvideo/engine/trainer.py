@@ -442,23 +442,44 @@ def lr_change(loop: Loop, saved: dict) -> str:
             "continuing with the configured rate")
 
 
+# What the model sees: a change trains something else from the same weights.
+SEEN_BY_MODEL = tuple(f"data.{k}" for k in (
+    "num_frames", "sampling_rate", "target_fps", "train_jitter_scales", "train_crop_size", "train_hflip",
+    "test_scale", "test_crop_size", "mean", "std"))
+# How fast the same computation runs: a resume may change them (logged).
+SPEED_ONLY = ("model.nonlocal.impl", "trainer.channels_last", "trainer.compile", "trainer.sync_period",
+              "trainer.tf32", "trainer.cpu_threads", "data.num_workers", "data.prefetch_factor",
+              "data.decode_threads", "data.pin_memory", "data.persistent_workers")
+
+
 def check_resumable(loop: Loop, saved: dict, path: str) -> None:
-    """Refuse to continue a checkpoint with another model config or another class list (same tensor
-    shapes would load silently and train something else), unless ``trainer.allow_config_change``."""
+    """Refuse to continue a checkpoint with another model config, other data settings the model sees
+    (:data:`SEEN_BY_MODEL`) or another class list (same tensor shapes would load silently and train
+    something else), unless ``trainer.allow_config_change``. Settings of speed alone
+    (:data:`SPEED_ONLY`, e.g. ``model.nonlocal.impl``: a computation path) may change; the log says so."""
     names = loop.meta["class_names"]
     if saved.get("class_names") is not None and list(saved["class_names"]) != names:
         raise ConfigError(f"checkpoint {path} was trained on {len(saved['class_names'])} classes "
                           f"({_preview(saved['class_names'])}), the training data has {len(names)} "
                           f"({_preview(names)}): point data.root/lists at the run's data, or choose a new "
                           "hydra.run.dir (trainer.init_weights= fine-tunes on other classes)")
-    changed = config_changes(saved.get("config", {}).get("model", {}), loop.meta["config"]["model"], "model")
+    old, new = saved.get("config", {}), loop.meta["config"]
+    every = [c for group in ("model", "data", "trainer") for c in config_changes(old.get(group, {}),
+                                                                                 new[group], group)]
+    speed = [c for c in every if c.split(":")[0] in SPEED_ONLY]
+    changed = [c for c in every if c not in speed
+               and (c.startswith("model.") or c.split(":")[0] in SEEN_BY_MODEL)]
+    if speed:
+        log.info("resuming with other speed settings (same computation): %s", "; ".join(speed))
     if not changed:
         return
+    what = " and ".join(sorted({c.split(".")[0] for c in changed}, reverse=True))  # model, data
     if not loop.cfg.trainer.allow_config_change:
-        raise ConfigError(f"checkpoint {path} was trained with another model config "
-                          f"({'; '.join(changed[:3])}): pass trainer.allow_config_change=true to resume "
-                          "anyway, or choose a new hydra.run.dir")
-    log.warning("resuming with a changed model config (trainer.allow_config_change): %s", "; ".join(changed))
+        raise ConfigError(f"checkpoint {path} was trained with another {what} config "
+                          f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}): pass "
+                          "trainer.allow_config_change=true to resume anyway, or choose a new hydra.run.dir")
+    log.warning("resuming with a changed %s config (trainer.allow_config_change): %s", what,
+                "; ".join(changed))
 
 
 def config_changes(old: dict, new: dict, prefix: str) -> list[str]:
