@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
+from nlvideo.engine import run_start
 from nlvideo.engine.config import ConfigError, check_group_choices
 
 
@@ -53,6 +54,9 @@ def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "") 
         sys.exit(0)
     sys.argv = nonzero_rank_argv(sys.argv)
     exit_on_bad_group_choice(sys.argv[1:], config_dir)
+    if du.env_rank() == 0:
+        exit_on_unwritable_run_dir(sys.argv[1:])
+        run_start.note_dirs_before_hydra(sys.argv[1:])
 
 
 def usage(description: str, keys: str, config_dir: str | Path) -> str:
@@ -74,6 +78,14 @@ def exit_on_bad_group_choice(argv: list[str], config_dir: str | Path) -> None:
         check_group_choices(argv, config_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def exit_on_unwritable_run_dir(argv: list[str]) -> None:
+    """A read-only run dir: one line, exit status 2 (Hydra's error is a traceback)."""
+    why = run_start.unwritable_run_dir(argv)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -128,5 +140,7 @@ def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
         status = 130
     finally:
         du.cleanup()
+    if status == 2:  # refused before any work: leave the run dir as the start found it
+        run_start.undo_refused_start()
     if status:
         sys.exit(status)

@@ -111,16 +111,22 @@ class TensorBoard:
     """SummaryWriter on rank 0; every method is a no-op on other ranks or when disabled."""
 
     def __init__(self, log_dir: str | None, enabled: bool = True):
-        self.writer = None
-        if enabled and log_dir is not None and du.is_main_process():
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=log_dir)
+        self.log_dir = log_dir if enabled and du.is_main_process() else None
+        self._writer = None
 
     @property
     def enabled(self) -> bool:
         """Whether anything is written (callers skip work whose only output is TensorBoard)."""
-        return self.writer is not None
+        return self.log_dir is not None
+
+    @property
+    def writer(self):
+        """The SummaryWriter, made on first use: a start refused before any work writes no event file."""
+        if self._writer is None and self.log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        return self._writer
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -158,13 +164,13 @@ class TensorBoard:
                 for category, group in charts.items()})
 
     def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self._writer is not None:
+            self._writer.close()
+        self._writer, self.log_dir = None, None
 
 
 def gpu_memory_gib(device: torch.device) -> dict[str, float]:

@@ -126,18 +126,27 @@ class RunLogFile(logging.FileHandler):
     """
 
     def __init__(self, filename: str, wait: bool = False, **kwargs):
+        from nlvideo.engine import run_start
         from nlvideo.engine.distributed import env_rank
 
         self.run_dir_lock: RunDirLock | None = None
-        if env_rank() == 0:
-            lock = RunDirLock(Path(filename).parent, wait=wait is True)
-            try:
+        run_dir = Path(os.path.abspath(filename)).parent
+        try:
+            if env_rank() == 0:
+                lock = RunDirLock(run_dir, wait=wait is True)
+                old_lock = lock.path.read_bytes() if lock.path.is_file() else None
                 lock.acquire()
-            except RunDirBusy as exc:
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                raise SystemExit(2) from None
-            self.run_dir_lock = lock
-        super().__init__(filename, **kwargs)
+                self.run_dir_lock = lock
+                # a start refused before any work leaves the dir as this finds it
+                run_start.begin(run_start.RunDirStart(run_dir, Path(os.path.abspath(filename)), old_lock))
+            super().__init__(filename, **kwargs)
+        except RunDirBusy as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except OSError as exc:  # read-only or foreign run dir: Hydra would say "Unable to configure handler"
+            print(f"error: cannot write in run dir {run_dir} ({exc.strerror or exc}): choose a writable "
+                  "hydra.run.dir", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     def close(self) -> None:
         super().close()
