@@ -143,6 +143,15 @@ def _check_recorded(dst: Path, wanted: dict) -> bool:
     return True
 
 
+def _write_or_reason(path: Path, text: str) -> str:
+    """Write ``text`` (and a newline) into ``path`` atomically; the reason when it cannot be."""
+    try:
+        write_atomic(path, text + "\n")
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
 def _remove_partial_files(dst: Path) -> None:
     """Temporary files (``.<name>.<pid>.part``) of a killed run or worker: never complete, never reused
     (only this run writes into DST: it holds DST's lock)."""
@@ -257,14 +266,12 @@ def _run(a: argparse.Namespace, opts: EncodeOptions, layout: Layout, record: dic
         for r in run_parallel(prepare_one, tasks, a.workers, f"prepare {a.dataset}",
                               failed=lambda r: r.status == "failed", lost=_lost, timeout=a.video_timeout):
             results.append(r)
-            if r.disk_error:
-                disk_error = r.reason
-                break
             if record is not None and r.status != "failed":
-                write_atomic(dst / OPTIONS, json.dumps(record, indent=1, allow_nan=False) + "\n")
+                disk_error = _write_or_reason(dst / OPTIONS, json.dumps(record, indent=1, allow_nan=False))
                 record = None
-    except OSError as e:  # prepare.json could not be written
-        disk_error = f"{type(e).__name__}: {e}"
+            disk_error = disk_error or (r.reason if r.disk_error else "")
+            if disk_error:
+                break
     finally:
         _remove_partial_files(dst)  # of the workers killed (timed out, or on Ctrl-C)
     done = [r.job for r in results if r.status != "failed"]
