@@ -34,13 +34,12 @@ from tqdm import tqdm
 
 from nlvideo.data import ClipSpec, DecodeError, clip_spec, read_views
 from nlvideo.data.annotations import VIDEO_EXTENSIONS, read_class_file
-from nlvideo.engine.checkpoint import load_checkpoint
 from nlvideo.engine.config import DEVICES, resolve_device
 from nlvideo.engine.evaluate import clip_probabilities
 from nlvideo.engine.runtime import task_overrides
 from nlvideo.factory import group_config, model_config
-from nlvideo.models import ConfigError, apply_pretrained_to_config, build_video_resnet, make_spec
-from nlvideo.models.build import build_pretrained
+from nlvideo.models import ConfigError, apply_pretrained_to_config, make_spec
+from nlvideo.models.build import build_pretrained, model_of_checkpoint
 from nlvideo.models.pretrained import Checkpoint, read_checkpoint
 
 PAPER_VIEWS = (10, 3)  # clips x crops: the paper's (and PySlowFast's) Kinetics test protocol
@@ -158,16 +157,15 @@ class Predictor:
         ``views``: see :func:`parse_views`; ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         """
         dev = _device(device)
-        state = load_checkpoint(path)
+        ckpt = read_checkpoint(str(path), key="checkpoint")
+        state = ckpt.saved
         missing = [k for k in CHECKPOINT_KEYS if k not in state]
         if missing:
             raise ConfigError(f"checkpoint={path} lacks {missing}: not a checkpoint written by train.py")
         cfg = state["config"]
-        # The checkpoint holds every weight: whatever model.pretrained named is not needed (nor there).
-        model = build_video_resnet(**{**cfg["model"], "pretrained": None})
-        model.load_state_dict(state["model"])
         spec = view_spec(cfg["data"], views)
-        return cls(model.to(dev), state["class_names"], spec, bool(state["multi_label"]), batch_size, cfg)
+        return cls(model_of_checkpoint(ckpt).to(dev), state["class_names"], spec, bool(state["multi_label"]),
+                   batch_size, cfg)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model: str,

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nlvideo.models.build import model_of_checkpoint
 from nlvideo.models.nonlocal_block import NonLocalBlock
+from nlvideo.models.pretrained import read_checkpoint
+from nlvideo.models.spec import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,16 +47,14 @@ class Attention:
 
 
 def load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, DictConfig]:
-    """The model of a train.py checkpoint, in eval mode, with the run's config."""
-    from hydra.utils import instantiate
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "config" not in state or "model" not in state:
-        raise ValueError(f"{checkpoint}: not a train.py checkpoint (expected 'config' and 'model' entries)")
-    cfg = OmegaConf.create(state["config"])
-    model = instantiate(cfg.model)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
+    """The model of a train.py checkpoint, in eval mode, with the run's config; a one-line
+    :class:`ConfigError` for a file that is not one or a model without non-local blocks."""
+    ckpt = read_checkpoint(str(checkpoint), key="--checkpoint")
+    model = model_of_checkpoint(ckpt)
+    if not model.num_nonlocal:
+        raise ConfigError(f"--checkpoint {checkpoint}: its model {model.spec.name} has no non-local blocks "
+                          "to visualise (a baseline); pass a checkpoint of a model with them, e.g. c2d_nl5")
+    return model, OmegaConf.create(ckpt.saved["config"])
 
 
 def load_clip(path: str | Path, data_cfg: DictConfig) -> tuple[torch.Tensor, np.ndarray]:
@@ -192,7 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="attention.png")
     args = parser.parse_args(argv)
 
-    model, cfg = load_model(args.checkpoint)
+    try:
+        model, cfg = load_model(args.checkpoint)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
     classes_file = Path(args.checkpoint).resolve().parent.parent / "classes.json"  # run_dir/checkpoints/x.pt
     names = json.loads(classes_file.read_text()) if classes_file.is_file() else None
     video = args.video

@@ -54,6 +54,20 @@ def test_rng_state_round_trip_through_file(tmp_path):
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
+def test_rng_states_are_plain_data_and_older_numpy_states_still_resume(tmp_path):
+    """New checkpoints load with weights_only=True and no allowed globals; older ones, holding NumPy's
+    legacy state tuple (an ndarray inside), still load through the safe reader and restore it."""
+    path = ck.save_checkpoint({"model": {}, "rng": ck.rng_state()}, tmp_path, 1)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    np.random.seed(3)
+    old = ck.save_checkpoint({"model": {}, "rng": {**ck.rng_state(), "numpy": np.random.get_state()}},
+                             tmp_path, 2)
+    expected = np.random.rand(3)
+    np.random.seed(99)
+    ck.set_rng_state(ck.load_checkpoint(old)["rng"])
+    assert np.array_equal(np.random.rand(3), expected)
+
+
 def _run_state(v: float, run_id: str) -> dict:
     return {**_state(v), "run_id": run_id}
 

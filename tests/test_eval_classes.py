@@ -69,7 +69,7 @@ def test_garbage_checkpoint_is_refused_in_one_line(tmp_path):
     r = run_app("eval.py", f"checkpoint={garbage}", f"hydra.run.dir={tmp_path / 'eval'}", timeout=120)
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: checkpoint={garbage} is not a readable checkpoint (UnpicklingError: ")
+    assert line.startswith(f"error: checkpoint={garbage}: the file is truncated or corrupt (")
 
 
 def test_unreadable_and_foreign_checkpoints_are_config_errors(tmp_path):
@@ -78,7 +78,7 @@ def test_unreadable_and_foreign_checkpoints_are_config_errors(tmp_path):
     assert load_checkpoint_for_testing(good)["iteration"] == 3
     half = tmp_path / "half.pt"
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ConfigError, match=rf"^checkpoint={half} is not a readable checkpoint \("):
+    with pytest.raises(ConfigError, match=rf"^checkpoint={half}: the file is truncated or corrupt \("):
         load_checkpoint_for_testing(half)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)

@@ -119,7 +119,7 @@ def test_workers_checkpoint_and_stop_when_the_launcher_is_signalled_or_dies(synt
     assert "stopped by signal SIGTERM at iteration" in text, text[-3000:]
     assert "training finished" not in text
     (path,) = ck.list_checkpoints(run_dir / "checkpoints")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     assert 2 <= state["iteration"] < 8 and len(state["rng"]) == 2
 
 

@@ -113,8 +113,8 @@ def test_random_kills_checkpoint_write_crash_sigterm_and_corrupt_checkpoint_resu
     assert "training finished: 8 iterations" in out, why
 
     want = torch.load(ref_dir / "checkpoints" / "checkpoint_000000008.pt", map_location="cpu",
-                      weights_only=False)
-    got = torch.load(ckpt_dir / "checkpoint_000000008.pt", map_location="cpu", weights_only=False)
+                      weights_only=True)
+    got = torch.load(ckpt_dir / "checkpoint_000000008.pt", map_location="cpu", weights_only=True)
     diff = [k for k in want["model"] if not torch.equal(want["model"][k], got["model"][k])]
     assert not diff, (why, f"model tensors differ: {diff[:5]}")
     for a, b in zip(want["optimizer"]["state"].values(), got["optimizer"]["state"].values(), strict=True):

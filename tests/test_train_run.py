@@ -42,7 +42,7 @@ def run_app(script: str, *overrides: str, timeout: float = 240) -> subprocess.Co
 
 
 def load_model_state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 REFERENCE = ["trainer.epochs=2", "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10"]
@@ -67,7 +67,7 @@ def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run, sy
         (d / "train.log").read_text()
     ckpts = sorted(p.name for p in (d / "checkpoints").glob("*.pt"))
     assert ckpts == [f"checkpoint_{i:09d}.pt" for i in (2, 4, 6, 8)]
-    state = torch.load(d / "checkpoints" / ckpts[-1], map_location="cpu", weights_only=False)
+    state = torch.load(d / "checkpoints" / ckpts[-1], map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "iter_in_epoch", "rng",
             "samples_per_rank", "config", "overrides"} <= set(state)
     assert state["iteration"] == 8 and state["epoch"] == 2 and len(state["rng"]) == 1
@@ -140,7 +140,7 @@ def test_sigterm_checkpoints_at_iteration_boundary_and_exits_zero(synthetic_root
     assert "received SIGTERM" in text and "stopped by signal" in text
     assert "| 2 CPU thread(s) |" in text  # trainer.cpu_threads wins over OMP_NUM_THREADS=1
     (ckpt,) = (run_dir / "checkpoints").glob("*.pt")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert 1 <= state["iteration"] < 4 and state["iter_in_epoch"] == state["iteration"]
 
 

@@ -13,8 +13,12 @@ branch a run left (resumed explicitly from an older checkpoint) move to ``checkp
 :func:`load_latest_valid` walks the checkpoints newest first and skips (and moves aside) such files.
 
 A checkpoint is a plain dict; the trainer decides its content (model, optimizer, scheduler, scaler,
-epoch, iteration, sampler position, per-rank RNG states, config). Files hold Python objects, so
-they are loaded with ``weights_only=False``: only load checkpoints you produced or trust.
+epoch, iteration, sampler position, per-rank RNG states, config). It holds only tensors, numbers,
+strings and containers of them (the RNG states too: :func:`rng_state`), so every file, the run's own
+included, is read with ``weights_only=True`` (:func:`~nlvideo.models.pretrained.read_weights_file`):
+reading a checkpoint someone shared cannot run code. Older files hold NumPy RNG arrays, which that
+reader allows; a file that needs full unpickling is refused in one line, unless
+``NLVIDEO_TRUST_CHECKPOINT`` names it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from nlvideo.models.pretrained import UntrustedFile, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +119,12 @@ def _pid_alive(pid: int) -> bool:
 
 def run_id_of(path: Path) -> str | None:
     """The ``run_id`` a checkpoint records ("" for checkpoints written before run ids); None if the
-    file cannot be read. Memory-maps the file, so tensors are not read."""
+    file cannot be read; :class:`UntrustedFile` if it needs full unpickling. Memory-maps the file, so
+    tensors are not read."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = read_weights_file(Path(path), str(path), mmap=True)
+    except UntrustedFile:
+        raise
     except Exception:  # noqa: BLE001 - any failure means "not a usable checkpoint"
         return None
     if not isinstance(state, dict) or "model" not in state:
@@ -171,7 +180,10 @@ def prune(directory: Path, run_id: str | None, keep: Path, keep_last: int) -> li
     for path in list_checkpoints(directory):
         if path == keep:
             continue
-        found = run_id_of(path)
+        try:
+            found = run_id_of(path)
+        except UntrustedFile:  # intact, but not known to be this run's: left alone
+            continue
         if found is None:
             set_aside(path, "found while pruning")
         elif found == (run_id or ""):
@@ -195,17 +207,22 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=False)
+def load_checkpoint(path: str | os.PathLike, named: str | None = None) -> Any:
+    """The contents of checkpoint ``path`` on the CPU, read without running code; a one-line
+    :class:`ConfigError` naming the file (as ``named``, e.g. ``checkpoint=PATH``) when it is cut short,
+    damaged or needs full unpickling."""
+    return read_weights_file(Path(path), named or str(path), mmap=False)
 
 
-def load_latest_valid(directory: str | os.PathLike,
-                      map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+def load_latest_valid(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in ``directory`` that loads; unreadable ones are reported and moved to
-    ``unreadable/`` (so they are neither resumed from nor ranked by later rotations)."""
+    ``unreadable/`` (so they are neither resumed from nor ranked by later rotations). One that needs full
+    unpickling is refused (:class:`UntrustedFile`), not set aside: it is intact, just not trusted."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            state = load_checkpoint(path, map_location)
+            state = load_checkpoint(path)
+        except UntrustedFile:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
             set_aside(path, f"{type(exc).__name__}: {exc}; trying the previous one")
             continue
@@ -217,10 +234,16 @@ def load_latest_valid(directory: str | os.PathLike,
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and, if present, CUDA) generator states of this process."""
+    """Python, NumPy and torch (CPU and, if present, CUDA) generator states of this process, as tensors,
+    numbers and strings (``weights_only=True`` reads them back): Python's is a tuple of ints, NumPy's
+    Mersenne Twister key a tensor."""
+    numpy = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"bit_generator": numpy["bit_generator"],
+                  "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy["state"]["pos"]), "has_gauss": int(numpy["has_gauss"]),
+                  "gauss": float(numpy["gauss"])},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -229,8 +252,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state`'s states (also the NumPy tuple that older checkpoints hold)."""
+    random.setstate(tuple(state["python"]))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = {"bit_generator": numpy["bit_generator"], "has_gauss": numpy["has_gauss"],
+                 "gauss": numpy["gauss"],
+                 "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]}}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -41,6 +41,7 @@ from nlvideo.engine.runtime import (
     task_overrides,
 )
 from nlvideo.models import apply_pretrained_to_config
+from nlvideo.models.pretrained import load_weights, weights_of
 
 log = logging.getLogger("nlvideo.eval")
 
@@ -105,12 +106,12 @@ def evaluate(cfg: DictConfig) -> int:
     run_dir = run_dir_of_this_job()
     device = setup_runtime(cfg, info.rank)
 
+    net = build_model(cfg, device)
+    if "model" in state:  # every tensor from the checkpoint, or one line naming what does not fit
+        load_weights(net, weights_of(state, str(path), "checkpoint"), complete=True)
     # Whole videos: each decoded once for all its views.
     ds, _, loader = build_split(cfg, "test", False, int(cfg.data.batch_size), whole_videos=True)
     order = outputs_for_data_classes(state.get("class_names"), ds.class_names, path)
-    net = build_model(cfg, device)
-    if "model" in state:
-        net.load_state_dict(state["model"])
     log.info("testing %s (%s, iteration %d) on %d videos x %d views", path, cfg.model.name,
              state.get("iteration", -1), ds.num_videos, ds.num_views)
     agg = evaluate_dataset(net, loader, ds, make_forward(cfg, device), cfg.trainer, desc="test",
@@ -127,14 +128,10 @@ def evaluate(cfg: DictConfig) -> int:
 
 def load_checkpoint_for_testing(path: Path) -> dict:
     """The checkpoint at ``path``, or one :class:`ConfigError` line saying why it cannot be tested
-    (absent, not a torch file, cut short, no model weights) instead of a pickle traceback."""
+    (absent, cut short or damaged, needing full unpickling, no model weights) instead of a traceback."""
     if not path.is_file():
         raise ConfigError(f"checkpoint={path} does not exist")
-    try:
-        state = ckpt_io.load_checkpoint(path)
-    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not usable
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        raise ConfigError(f"checkpoint={path} is not a readable checkpoint ({reason})") from None
+    state = ckpt_io.load_checkpoint(path, f"checkpoint={path}")
     if not isinstance(state, dict) or "model" not in state:
         raise ConfigError(f"checkpoint={path} holds no model weights (no 'model' key): "
                           "pass a checkpoint_XXXXXXXXX.pt written by train.py")

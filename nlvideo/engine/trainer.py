@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,6 +70,7 @@ from nlvideo.engine.runtime import (
 )
 from nlvideo.engine.state import Meter, TrainState, saved_global_batch
 from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
+from nlvideo.models.pretrained import load_weights, read_checkpoint
 
 log = logging.getLogger("nlvideo.train")
 
@@ -274,29 +275,32 @@ CLASSIFIER = "head.fc."  # the parameters whose rows are classes
 
 
 def load_weights_for_finetuning(net: torch.nn.Module, path: str, class_names: list[str]) -> None:
-    """Copy the model weights of a checkpoint whose shapes match; optimizer and schedule start fresh.
+    """Start from the weights of a train.py checkpoint; optimizer and schedule start fresh. They enter
+    the model as any weights file does (:func:`~nlvideo.models.pretrained.load_weights`): each tensor fits
+    exactly, the backbone whole, each non-local block whole or absent (a new one is an identity).
 
     The classifier is kept only when the checkpoint was trained on the same classes: rows are matched
     by class name (so a list in another order still maps each class to its own row), and a classifier
-    of other classes is left at its initialisation, which the log says."""
-    saved = ckpt_io.load_checkpoint(path)
-    state, theirs = dict(saved["model"]), saved.get("class_names")
-    head = [k for k in state if k.startswith(CLASSIFIER)]
+    of other classes is left at its initialisation, which the log says. Published weights (Caffe2,
+    PySlowFast, ...) are refused with a pointer to model.pretrained, which also sets the model options
+    and normalisation they were trained with."""
+    ckpt = read_checkpoint(path, key="trainer.init_weights")
+    if ckpt.format != "nlvideo":
+        raise ConfigError(f"{ckpt.where}: pass published weights as model.pretrained={path} (it sets the "
+                          "model options and normalisation they need); trainer.init_weights takes a train.py "
+                          "checkpoint")
+    weights = dict(ckpt.state_dict)
+    head = [k for k in weights if k.startswith(CLASSIFIER)]
     try:
-        rows = output_order(theirs, class_names)
+        rows = output_order(ckpt.saved.get("class_names"), class_names)
     except ValueError as exc:  # other classes: the classifier starts afresh
-        state = {k: v for k, v in state.items() if k not in head}
+        weights = {k: v for k, v in weights.items() if k not in head}
         log.info("new classifier: %s was trained on other classes than this data's (%s)", path, exc)
     else:
         if rows is not None:
-            state.update({k: state[k][torch.tensor(rows)] for k in head})
+            weights.update({k: weights[k][torch.tensor(rows)] for k in head})
             log.info("classifier rows of %s reordered by class name to this data's class order", path)
-    own = net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(saved["model"]) - set(usable))
-    net.load_state_dict(usable, strict=False)
-    log.info("initialised %d/%d tensors from %s; not loaded: %s; left at init: %s", len(usable), len(own),
-             path, skipped or "none", sorted(set(own) - set(usable)) or "none")
+    load_weights(net, replace(ckpt, state_dict=weights))
 
 
 def preempt_signals(cfg: DictConfig) -> list[str]:
@@ -401,7 +405,7 @@ def resume(loop: Loop, path: str, saved: dict | None = None) -> TrainState:
     (``saved``: its contents, if already read), after checking that it is a checkpoint of this model on
     these classes."""
     if saved is None:
-        saved = ckpt_io.load_checkpoint(path, map_location="cpu")
+        saved = ckpt_io.load_checkpoint(path)
     check_resumable(loop, saved, path)
     try:
         loop.net.load_state_dict(saved["model"])

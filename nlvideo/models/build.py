@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from nlvideo.models.pretrained import Checkpoint, adapt_spec, load_checkpoint_into, read_checkpoint
+from nlvideo.models.pretrained import Checkpoint, adapt_spec, load_weights, read_checkpoint
 from nlvideo.models.resnet import VideoResNet
-from nlvideo.models.spec import ModelSpec, make_spec
+from nlvideo.models.spec import ConfigError, ModelSpec, make_spec
 
 
 def build_video_resnet(**cfg: Any) -> VideoResNet:
@@ -26,12 +27,25 @@ def build_video_resnet(**cfg: Any) -> VideoResNet:
     return build_pretrained(spec, read_checkpoint(spec.pretrained, spec.depth))
 
 
-def build_pretrained(spec: ModelSpec, ckpt: Checkpoint) -> VideoResNet:
+def build_pretrained(spec: ModelSpec, ckpt: Checkpoint, complete: bool = False) -> VideoResNet:
     """The model of ``spec`` with the options ``ckpt``'s weights need (:func:`adapt_spec`), loaded with
-    them: for callers that have read the file already (a published file can be hundreds of MiB)."""
+    them by :func:`~nlvideo.models.pretrained.load_weights` (``complete``: every tensor from the file):
+    for callers that have read the file already (a published file can be hundreds of MiB)."""
     model = VideoResNet(adapt_spec(spec, ckpt))
-    load_checkpoint_into(model, ckpt)
+    load_weights(model, ckpt, complete)
     return model
+
+
+def model_of_checkpoint(ckpt: Checkpoint, model_cfg: Mapping[str, Any] | None = None) -> VideoResNet:
+    """The model a ``train.py`` checkpoint holds, in eval mode: built from the model config it stores
+    (or ``model_cfg``, e.g. with a command's overrides) with every one of its tensors; a config that does
+    not fit the weights is a one-line :class:`ConfigError` naming what differs."""
+    config = ckpt.saved.get("config")
+    if model_cfg is None and not (isinstance(config, Mapping) and isinstance(config.get("model"), Mapping)):
+        raise ConfigError(f"{ckpt.where} has no model config: not a checkpoint written by train.py")
+    cfg = dict(model_cfg if model_cfg is not None else config["model"])
+    # Its weights are all in the file: whatever model.pretrained the run started from is not needed.
+    return build_pretrained(make_spec(**{**cfg, "pretrained": None}), ckpt, complete=True).eval()
 
 
 def to_channels_last_3d(model: nn.Module) -> nn.Module:

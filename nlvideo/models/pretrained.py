@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import pickle
 import re
 import string
@@ -212,9 +213,16 @@ class Format:
 
 def _pyslowfast_trained(obj: Mapping[str, Any]) -> Trained:
     """From the checkpoint's ``cfg`` (PySlowFast's ``cfg.dump()`` YAML) when present; else the model
-    zoo's settings (softmax NL blocks, stride on the 3x3, 0.45/0.225)."""
-    cfg = yaml.safe_load(obj["cfg"]) if isinstance(obj.get("cfg"), str) else {}
+    zoo's settings (softmax NL blocks, stride on the 3x3, 0.45/0.225). Settings that make another
+    network than nlvideo's C2D/I3D (:data:`_PYSLOWFAST_BUILT`) are refused, naming them."""
+    cfg = _pyslowfast_cfg(obj)
     data, resnet, nonlocal_, model = (cfg.get(k) or {} for k in ("DATA", "RESNET", "NONLOCAL", "MODEL"))
+    for name, built in _PYSLOWFAST_BUILT.items():
+        section, key = name.split(".")
+        value = (cfg.get(section) or {}).get(key, built)
+        if value != built:
+            raise ConfigError(f"PySlowFast {name}={value}: nlvideo builds its C2D/I3D with {name}={built}, "
+                              "so these weights would compute another network")
     arch = model.get("ARCH", "i3d")
     if arch not in ("c2d", "i3d"):
         raise ConfigError(f"PySlowFast MODEL.ARCH={arch} is not a C2D/I3D ResNet; nlvideo loads c2d and i3d")
@@ -236,6 +244,36 @@ def _pyslowfast_trained(obj: Mapping[str, Any]) -> Trained:
                            (("MEAN", [0.45] * 3), ("STD", [0.225] * 3))))
     return Trained(norm, {"stride_1x1": bool(resnet.get("STRIDE_1X1", False))},
                    {**nl, "pool": "before_embed", "sub_sample": True})
+
+
+# The PySlowFast settings (their defaults) of the network nlvideo builds, besides those read into model
+# options above; keys that only initialise (RESNET.ZERO_INIT_FINAL_BN) or train (MODEL.DROPOUT_RATE) do
+# not matter, and temporal kernels (RESNET.NUM_BLOCK_TEMP_KERNEL) show in the weights' shapes.
+_PYSLOWFAST_BUILT: dict[str, Any] = {
+    "RESNET.TRANS_FUNC": "bottleneck_transform",
+    "RESNET.NUM_GROUPS": 1,
+    "RESNET.SPATIAL_STRIDES": [[1], [2], [2], [2]],
+    "RESNET.SPATIAL_DILATIONS": [[1], [1], [1], [1]],
+    "NONLOCAL.NORM_TYPE": "batchnorm",
+    "DETECTION.ENABLE": False,
+}
+
+
+def _pyslowfast_cfg(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's ``cfg`` as a dict (PySlowFast stores ``cfg.dump()``, a YAML string); {} when the file
+    has none, a one-line :class:`ConfigError` when it is empty or not such a mapping."""
+    if "cfg" not in obj:
+        return {}
+    raw = obj["cfg"]
+    try:
+        cfg = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"PySlowFast cfg is not YAML ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(cfg, Mapping) or not cfg:
+        raise ConfigError(f"PySlowFast cfg is {'empty' if not cfg else f'a {type(cfg).__name__}'}: nlvideo "
+                          "needs the settings PySlowFast's save_checkpoint stores (cfg.dump()) to know the "
+                          "network")
+    return dict(cfg)
 
 
 _NONLOCAL_FUNCTION = ("instantiation", "scale", "pool", "sub_sample", "bn_layer", "inter_ratio")
@@ -284,18 +322,26 @@ FORMATS: tuple[Format, ...] = (
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A pretrained file read and renamed: ``state_dict`` has nlvideo's keys (2-D kernels still 2-D),
-    ``origin`` maps each to the file's own key (for messages)."""
+    """A weights file read and renamed: ``state_dict`` has nlvideo's keys (2-D kernels still 2-D),
+    ``origin`` maps each to the file's own key (for messages); ``key`` is the setting that named the
+    file and ``saved`` the file's top-level object (an nlvideo checkpoint's config, class names, ...)."""
 
     source: str
     format: str
     state_dict: dict[str, torch.Tensor]
     origin: dict[str, str]
     trained: Trained
+    key: str = "model.pretrained"
+    saved: Mapping[str, Any] = field(default_factory=dict)
+    keys: KeyMap | None = None  # the format's names; None: nlvideo's own
 
     @property
     def where(self) -> str:
-        return f"model.pretrained={self.source} ({self.format})"
+        return f"{self.key}={self.source} ({self.format})"
+
+    def file_key(self, ours: str) -> str:
+        """The name the file's format gives (or would give) nlvideo's ``ours``."""
+        return (self.keys.to_theirs(ours) if self.keys else None) or ours
 
     @property
     def has_nonlocal(self) -> bool:
@@ -330,27 +376,68 @@ class _NumpyUnpickler(pickle.Unpickler):
         return super().find_class(re.sub(r"^numpy\._?core", _NUMPY_CORE, module), name)
 
 
-def _read_file(path: Path) -> Any:
-    """A ``torch.save`` file (zip or legacy) with ``weights_only=True``, else a Caffe2 pickle."""
-    with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-        if zipfile.is_zipfile(path):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError):
-            pass  # not a legacy torch file: a Caffe2 pickle, or unreadable
+TRUST_ENV = "NLVIDEO_TRUST_CHECKPOINT"  # paths (os.pathsep-separated) of files the user trusts fully
+
+
+class UntrustedFile(ConfigError):
+    """An intact file that only full unpickling can read, which can run code: refused unless trusted."""
+
+
+def read_weights_file(path: Path, named: str, mmap: bool = True) -> Any:
+    """The object of a ``torch.save`` file (zip or legacy) or of a Caffe2 pickle, read without running
+    code: tensors, primitives and numpy arrays only (``weights_only=True``; Caffe2: the same with
+    :class:`_NumpyUnpickler`). A pickle can call any function while it is read, and checkpoints are
+    shared. A zip file that names anything else is refused in one line unless :data:`TRUST_ENV` names
+    it; a file cut short or damaged is reported as such. ``named``: how messages name the file
+    (``checkpoint=PATH``)."""
+    if _trusted(path):
+        log.warning("%s: read with full unpickling, as %s names it: it can run code", named, TRUST_ENV)
+        return torch.load(path, map_location="cpu", weights_only=False)
     with path.open("rb") as f:
-        return _NumpyUnpickler(f, encoding="latin1").load()
+        zip_magic = f.read(4) == b"PK\x03\x04"
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            if zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            if zip_magic:  # a zip archive whose end (the central directory) is missing
+                raise EOFError("a zip archive without its end")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - not a legacy torch file: a Caffe2 pickle, or unreadable
+                pass
+        with path.open("rb") as f:
+            return _NumpyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f"it holds {refused[1]}" if refused else "it holds more than tensors, numbers and strings"
+            raise UntrustedFile(f"{named} needs full unpickling ({what}), which can run code: if you trust "
+                              f"this file, rerun with {TRUST_ENV}={path}") from None
+        if "is not allowed in a weights file" in str(exc):
+            raise ConfigError(f"{named}: not a checkpoint nlvideo can read safely ({exc})") from None
+        raise ConfigError(f"{named}: the file is truncated or corrupt ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the readers raise on a damaged file
+        raise ConfigError(f"{named}: the file is truncated or corrupt ({_one_line(exc)})") from None
+
+
+def _trusted(path: Path) -> bool:
+    """Whether :data:`TRUST_ENV` names ``path``: the one explicit opt-in to full unpickling."""
+    named = [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    return any(Path(p).expanduser().resolve() == path.resolve() for p in named)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
 
 
 _WRAPPERS = ("model_state", "blobs", "model", "state_dict")  # where files keep their weights
 
 
-def _detect(obj: Any, source: str) -> tuple[Format, dict[str, Any]]:
+def _detect(obj: Any, named: str) -> tuple[Format, dict[str, Any]]:
     """The format whose stem conv key ``obj`` (or one of its :data:`_WRAPPERS`) holds, possibly under a
     ``model.`` (PySlowFast's PyTorchVideo models) or ``module.`` (DDP) prefix; its weights unprefixed."""
     if not isinstance(obj, Mapping):
-        raise ConfigError(f"model.pretrained={source}: unknown checkpoint format (a {type(obj).__name__})")
+        raise ConfigError(f"{named}: unknown checkpoint format (a {type(obj).__name__})")
     dicts = [obj, *(w for k in _WRAPPERS if isinstance(w := obj.get(k), Mapping))]
     for weights in dicts:
         for prefix in ("", "model.", "module."):
@@ -359,56 +446,73 @@ def _detect(obj: Any, source: str) -> tuple[Format, dict[str, Any]]:
                     return fmt, {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     found = f"a dict with keys {list(obj)[:6]}" + "".join(f", {k} keys like {list(obj[k])[:3]}"
                                                         for k in _WRAPPERS if isinstance(obj.get(k), Mapping))
-    raise ConfigError(f"model.pretrained={source}: unknown checkpoint format ({found}); nlvideo reads "
+    raise ConfigError(f"{named}: unknown checkpoint format ({found}); nlvideo reads "
                       + ", ".join(f"{f.name} (stem conv {f.marker!r})" for f in FORMATS))
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
+    """``value`` as a tensor if it is a numeric array (of any dtype and dimension), else None."""
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, np.ndarray) and value.ndim and value.dtype.kind == "f":
-        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.require(value, requirements="C"))  # 0-dim stays 0-dim
     return None
 
 
-def read_checkpoint(source: str, depth: int = 50) -> Checkpoint:
-    """Read ``source`` (a path, or ``torchvision`` for its ImageNet ResNet of ``depth``), detect its
-    format and rename its weights to nlvideo's keys. Raises a one-line :class:`ConfigError` naming
-    ``model.pretrained`` and what was found."""
+def read_checkpoint(source: str, depth: int = 50, key: str = "model.pretrained") -> Checkpoint:
+    """Read ``source`` (a path, or ``torchvision`` for its ImageNet ResNet of ``depth``) with
+    :func:`read_weights_file`, detect its format and rename its weights to nlvideo's keys. Raises a
+    one-line :class:`ConfigError` naming the setting ``key`` (``model.pretrained``, ``checkpoint``, ...),
+    the file and what was found."""
     if source == "torchvision":
         obj: Any = torchvision_resnet_state_dict(depth)
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ConfigError(f"model.pretrained={source!r}: no such file")
-        try:
-            obj = _read_file(path)
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise ConfigError(
-                f"model.pretrained={source}: not a checkpoint nlvideo can read safely ({exc}); for an "
-                "nlvideo training checkpoint you trust use trainer.init_weights"
-            ) from exc
-    fmt, weights = _detect(obj, source)
-    return _convert(fmt, weights, source, obj)
+            raise ConfigError(f"{key}={source!r}: no such file")
+        obj = read_weights_file(path, f"{key}={source}")
+    return weights_of(obj, source, key)
 
 
-def _convert(fmt: Format, weights: Mapping[str, Any], source: str, obj: Mapping[str, Any]) -> Checkpoint:
-    """``weights`` renamed to nlvideo's keys; every tensor must have a name in the format's table."""
+def weights_of(obj: Any, source: str, key: str = "model.pretrained") -> Checkpoint:
+    """The weights of an object :func:`read_weights_file` returned, for a caller that needs the rest of
+    the file too (a resume, an evaluation)."""
+    fmt, weights = _detect(obj, f"{key}={source}")
+    return _convert(fmt, weights, source, obj, key)
+
+
+def _convert(fmt: Format, weights: Mapping[str, Any], source: str, obj: Mapping[str, Any],
+             key: str) -> Checkpoint:
+    """``weights`` renamed to nlvideo's keys; every float array must have a name in the format's table,
+    and every array named so must be a finite numeric array."""
+    named = f"{key}={source} ({fmt.name})"
     if fmt.prepare is not None:
         weights = fmt.prepare(dict(weights))
     state, origin, unknown = {}, {}, []
-    for key, value in weights.items():
-        if re.fullmatch(fmt.ignore, key) or (tensor := _as_tensor(value)) is None:
+    for theirs, value in weights.items():
+        if re.fullmatch(fmt.ignore, theirs):
             continue
-        ours = key if fmt.keys is None else fmt.keys.to_ours(key)
+        tensor = _as_tensor(value)
+        ours = theirs if fmt.keys is None else fmt.keys.to_ours(theirs)
         if ours is None:
-            unknown.append(key)
+            if tensor is not None and tensor.is_floating_point() and tensor.dim():
+                unknown.append(theirs)
             continue
-        state[ours], origin[ours] = tensor, key
+        if tensor is None:
+            raise ConfigError(f"{named}: {theirs} is a {type(value).__name__}"
+                              f"{f' of dtype {value.dtype}' if isinstance(value, np.ndarray) else ''}, "
+                              f"not a numeric array: model {ours} needs one")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(f"{named}: {theirs} holds NaN or infinite values: the file is damaged")
+        state[ours], origin[ours] = tensor, theirs
     if unknown:
-        raise ConfigError(f"model.pretrained={source} ({fmt.name}): {len(unknown)} tensors are not part of a "
-                          f"C2D/I3D ResNet, e.g. {sorted(unknown)[:3]}")
-    return Checkpoint(source, fmt.name, state, origin, fmt.trained(obj))
+        raise ConfigError(f"{named}: {len(unknown)} tensors are not part of a C2D/I3D ResNet, "
+                          f"e.g. {sorted(unknown)[:3]}")
+    try:
+        trained = fmt.trained(obj)
+    except ConfigError as exc:
+        raise ConfigError(f"{named}: {exc}") from None
+    return Checkpoint(source, fmt.name, state, origin, trained, key, obj, fmt.keys)
 
 
 # ---- the model the weights need, and loading them -----------------------------------------------
@@ -452,37 +556,65 @@ def _depth_name(blocks: tuple[int, ...]) -> str:
 
 
 def _fit(ckpt: Checkpoint, key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """``value`` shaped for the model's ``target``: 2-D kernels inflated; None for a classifier of another
-    class count (re-initialised); :class:`ConfigError` naming both keys otherwise."""
+    """``value`` shaped for the model's ``target``: 2-D kernels inflated, trailing singleton dimensions
+    dropped (Caffe2's 5-D ``pred_w``, as its own loader reshapes a blob of the same size); None for a
+    classifier of another class count (re-initialised); :class:`ConfigError` naming both keys otherwise."""
     need = target.shape
+    if target.is_floating_point() and not value.is_floating_point():
+        raise ConfigError(f"{ckpt.where}: {ckpt.origin[key]} is {_described(value)}, model {key} needs "
+                          f"floating-point {tuple(need)}")
     if value.dim() == 4 and len(need) == 5 and value.shape == need[:2] + need[3:]:
         value = inflate_weight(value, need)
+    if value.dim() > len(need) and value.shape[:len(need)] == need and value.numel() == target.numel():
+        value = value.reshape(need)
     if value.shape == need:
         return value.to(target.dtype)
-    if key.startswith("head.fc."):
+    if key.startswith(HEAD) and value.dim() == len(need) and value.shape[1:] == need[1:]:
         log.info("%s: %s not loaded (%d classes in the checkpoint, model.num_classes=%d): re-initialised",
                  ckpt.where, key, value.shape[0], need[0])
         return None
     hint = ""
     if value.dim() == len(need) == 5 and value.shape[:2] == need[:2] and value.shape[3:] == need[3:]:
-        hint = "; temporal kernels differ: an I3D checkpoint needs model.arch=i3d, a C2D one model.arch=c2d"
-    elif value.shape[:2] != need[:2]:
+        hint = ("; temporal kernels differ: an I3D checkpoint needs model.arch=i3d, a C2D one model.arch=c2d "
+                "(and model.inflate where blocks are inflated otherwise)")
+    elif value.dim() == len(need) and value.shape[:2] != need[:2]:
         hint = "; channel counts differ: check model.width"
     raise ConfigError(f"{ckpt.where}: {ckpt.origin[key]} has shape {tuple(value.shape)}, model {key} needs "
                       f"{tuple(need)}{hint}")
 
 
-def load_checkpoint_into(model: nn.Module, ckpt: Checkpoint) -> list[str]:
-    """Copy ``ckpt`` into ``model`` (built from :func:`adapt_spec`'s spec); returns the keys left as built
-    (fresh NL blocks, which are identities, and a re-initialised head). Every backbone tensor must come
-    from the checkpoint: one-line :class:`ConfigError` for another depth, missing or surplus tensors."""
+def _described(value: torch.Tensor) -> str:
+    return f"a 0-dim {value.dtype} scalar" if value.dim() == 0 else f"{value.dtype} {tuple(value.shape)}"
+
+
+HEAD = "head.fc."
+
+
+def _unit(key: str) -> str:
+    """The part of the model a key belongs to, loaded whole or not at all: a non-local block
+    (``res4.nl1``), the classifier (``head.fc``) or the backbone."""
+    if is_nonlocal_name(key):
+        return ".".join(key.split(".")[:2])
+    return "head.fc" if key.startswith(HEAD) else "backbone"
+
+
+def load_weights(model: nn.Module, ckpt: Checkpoint, complete: bool = False) -> list[str]:
+    """The one way a weights file's tensors enter a model (built from :func:`adapt_spec`'s spec for
+    published weights); returns the keys left as built.
+
+    Each tensor of the file must fit its place in the model exactly (2-D kernels are inflated), and the
+    model's parts are loaded whole: the backbone always, each non-local block and the classifier either
+    wholly from the file or, when the file has none of its tensors, left as built (a new NL block is an
+    identity; a classifier of another class count is re-initialised) and logged. ``complete`` (a
+    checkpoint of this very model: predicting, testing, resuming) leaves nothing as built. Anything else
+    is a one-line :class:`ConfigError` naming the tensors that differ."""
     target = model.state_dict()
     have, need = _blocks_per_stage(list(ckpt.state_dict)), _blocks_per_stage(list(target))
     if have != need:
         raise ConfigError(f"{ckpt.where} is a {_depth_name(have)}, the model a {_depth_name(need)}: set "
                           "model.depth (e.g. model=i3d_r101 for ResNet-101 weights)")
     surplus = sorted(k for k in ckpt.state_dict if k not in target)
-    surplus_nl = sorted({".".join(k.split(".")[:2]) for k in surplus if is_nonlocal_name(k)})
+    surplus_nl = sorted({_unit(k) for k in surplus if is_nonlocal_name(k)})
     if surplus_nl:
         positions = ",".join(n.replace(".nl", ".") for n in surplus_nl)
         raise ConfigError(f"{ckpt.where} has non-local blocks {surplus_nl} the model lacks: set "
@@ -491,19 +623,35 @@ def load_checkpoint_into(model: nn.Module, ckpt: Checkpoint) -> list[str]:
         raise ConfigError(
             f"{ckpt.where}: {len(surplus)} tensors have no place in the model, e.g. {surplus[:3]}"
         )
+    _check_whole_units(ckpt, target, complete)
     loaded = {k: v for k, v in ((k, _fit(ckpt, k, v, target[k])) for k, v in ckpt.state_dict.items())
               if v is not None}
-    missing = [k for k in target if k not in loaded and not is_nonlocal_name(k)
-               and not k.startswith("head.fc.") and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise ConfigError(f"{ckpt.where} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]}")
+    if complete and len(loaded) < len(ckpt.state_dict):
+        raise ConfigError(f"{ckpt.where} has {ckpt.state_dict[HEAD + 'weight'].shape[0]} classes, the model "
+                          f"{target[HEAD + 'weight'].shape[0]}: it does not fit this model")
     model.load_state_dict(loaded, strict=False)
     fresh = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
-    fresh_nl = sorted({".".join(k.split(".")[:2]) for k in fresh if is_nonlocal_name(k)})
-    head = "re-initialised" if any(k.startswith("head.fc.") for k in fresh) else "loaded"
+    fresh_nl = sorted({_unit(k) for k in fresh if is_nonlocal_name(k)})
+    head = "re-initialised" if any(k.startswith(HEAD) for k in fresh) else "loaded"
     log.info("%s: loaded %d tensors; new non-local blocks (identities): %s; head %s", ckpt.where,
              len(loaded), fresh_nl or "none", head)
     return fresh
+
+
+def _check_whole_units(ckpt: Checkpoint, target: Mapping[str, torch.Tensor], complete: bool) -> None:
+    """Every part of the model with tensors in the file has all of them (the backbone always; all parts
+    when ``complete``): a non-local block half from the file and half random computes neither network."""
+    present = {_unit(k) for k in ckpt.state_dict}
+    missing = [k for k in target if not k.endswith("num_batches_tracked") and k not in ckpt.state_dict
+               and (complete or _unit(k) in present or _unit(k) == "backbone")]
+    if not missing:
+        return
+    parts = ", ".join(sorted({_unit(k) for k in missing}))
+    in_file = "" if ckpt.keys is None else f" ({ckpt.format} names {[ckpt.file_key(k) for k in missing[:4]]})"
+    whole = ("every tensor of the model" if complete else
+             "each part of the model (backbone, each non-local block, head.fc) wholly or not at all")
+    raise ConfigError(f"{ckpt.where} lacks {len(missing)} of the model's tensors, e.g. {missing[:4]}"
+                      f"{in_file}, of {parts}: it must hold {whole}")
 
 
 def inflate_state_dict(model: nn.Module, state_dict_2d: Mapping[str, torch.Tensor]) -> list[str]:
@@ -511,7 +659,7 @@ def inflate_state_dict(model: nn.Module, state_dict_2d: Mapping[str, torch.Tenso
     keys left as built. Raises :class:`ConfigError` naming the key when a backbone tensor is missing or its
     shape cannot match (e.g. ResNet-50 weights into a ResNet-101, or a different ``model.width``)."""
     torchvision = next(f for f in FORMATS if f.keys is TORCHVISION_KEYS)
-    return load_checkpoint_into(model, _convert(torchvision, state_dict_2d, "<state dict>", {}))
+    return load_weights(model, _convert(torchvision, state_dict_2d, "<state dict>", {}, "state dict"))
 
 
 # ---- the run config: model options and input normalisation ------------------------------------
