@@ -101,3 +101,22 @@ def test_clip_gradients_returns_the_norm_before_clipping_whether_it_clips_or_not
         assert all(torch.equal(a, b) for a, b in zip(grads, after, strict=True))
     else:
         assert float(torch.stack([g.norm() for g in after]).norm()) == pytest.approx(max_norm, rel=1e-4)
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_before_training(synthetic_root, tmp_path):
+    """trainer.epochs=1 with the nl_vs_baseline 1-epoch warm-up trained the whole run at lr 0 without a
+    word (the warm-up ramps towards the cosine's value at its end, which is the end of the run)."""
+    import subprocess
+    import sys
+
+    from tests.test_train_run import REPO, app_env, tiny_overrides
+
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", *tiny_overrides(synthetic_root), "trainer.epochs=1",
+                        "optim.warmup=1", f"hydra.run.dir={run_dir}"], cwd=REPO, env=app_env(), text=True,
+                       capture_output=True, timeout=240)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        "error: optim.warmup=1 epoch(s) covers the whole run (1 epoch(s), 4 iterations): the rate would "
+        "stay at 0 x optim.lr; lower optim.warmup or train longer"]
+    assert not run_dir.exists()  # refused before any work

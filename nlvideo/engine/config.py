@@ -193,3 +193,22 @@ def _validate(cfg: DictConfig, needs_train: bool) -> None:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     spec = make_spec(**model_cfg)
     spec.check_num_frames(int(cfg.data.num_frames))
+
+
+def check_warmup(cfg_optim, iters_per_epoch: int, total_iters: int) -> None:
+    """Refuse a warm-up that lasts the whole run (e.g. ``trainer.epochs=1`` with a 1-epoch warm-up): the
+    rate would only ramp, and towards the schedule's value at the warm-up's end, which for the cosine
+    schedule is its final value: the whole run would train at learning rate 0."""
+    from nlvideo.engine.optim import lr_factor_fn
+
+    warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
+    unit = cfg_optim.get("unit", "epoch")
+    total = total_iters / iters_per_epoch if unit == "epoch" else float(total_iters)
+    if warmup <= 0 or warmup < total:
+        return
+    factor = lr_factor_fn(cfg_optim, iters_per_epoch, total_iters)
+    first, last = f"{factor(0):.3g}", f"{factor(total_iters - 1):.3g}"
+    rate = f"stay at {first}" if first == last else f"only ramp from {first} to {last}"
+    raise ConfigError(f"optim.warmup={warmup:g} {unit}(s) covers the whole run ({total:g} {unit}(s), "
+                      f"{total_iters} iterations): the rate would {rate} x optim.lr; lower optim.warmup "
+                      "or train longer")

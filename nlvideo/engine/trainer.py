@@ -41,7 +41,7 @@ from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
 from nlvideo.engine.cli import resume_command
-from nlvideo.engine.config import ConfigError, validate_config
+from nlvideo.engine.config import ConfigError, check_warmup, validate_config
 from nlvideo.engine.evaluate import evaluate_dataset, write_json
 from nlvideo.engine.faults import FaultInjection
 from nlvideo.engine.logging import (
@@ -215,6 +215,7 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
         raise ConfigError(f"data.batch_size={per_rank_batch} x {info.world_size} process(es) is larger than "
                           f"the training split ({len(train_ds)} clips): lower data.batch_size")
     total_iters = int(t.max_iters) if t.max_iters else int(t.epochs) * iters_per_epoch
+    check_warmup(cfg.optim, iters_per_epoch, total_iters)
 
     net = build_model(cfg, device)
     if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
