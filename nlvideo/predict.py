@@ -32,8 +32,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from nlvideo.data import ClipSpec, DecodeError, clip_spec, read_views
+from nlvideo.data import ClipSpec, DecodeError, clip_spec
 from nlvideo.data.annotations import VIDEO_EXTENSIONS, read_class_file
+from nlvideo.data.dataset import iter_views
 from nlvideo.engine.config import DEVICES, resolve_device
 from nlvideo.engine.evaluate import clip_probabilities
 from nlvideo.engine.runtime import task_overrides
@@ -43,6 +44,10 @@ from nlvideo.models.build import build_pretrained, model_of_checkpoint
 from nlvideo.models.pretrained import Checkpoint, read_checkpoint
 
 PAPER_VIEWS = (10, 3)  # clips x crops: the paper's (and PySlowFast's) Kinetics test protocol
+# Views are scored batch_size at a time, so memory does not grow with their number; time does, linearly.
+# 10x the paper's 30 views: its accuracy saturates by 10 clips, and views beyond the video's distinct
+# frames and crop positions repeat the same pixels.
+MAX_VIEWS = 300
 OUTPUTS = ("text", "json")
 CHECKPOINT_KEYS = ("model", "config", "class_names", "multi_label")  # what the trainer stores
 PRETRAINED_KEYS = ("model", "data", "clip", "classes")  # predict.py's keys for published weights only
@@ -57,6 +62,10 @@ def parse_views(views: str | int) -> tuple[int, int]:
         return 1, 1
     clips, sep, crops = text.partition("x")
     if sep and clips.isdigit() and crops.isdigit() and int(clips) > 0 and int(crops) > 0:
+        if int(clips) * int(crops) > MAX_VIEWS:
+            raise ConfigError(f"views={views} is {int(clips) * int(crops)} views per video, more than "
+                              f"{MAX_VIEWS} (10x the paper's 10x3): more views repeat the same frames and "
+                              "crops, at the cost of time per video")
         return int(clips), int(crops)
     raise ConfigError(
         f"views={views!r} is not allowed; choose paper (10 clips x 3 crops), 1 (the centre clip) or "
@@ -218,16 +227,14 @@ class Predictor:
         return self.spec.num_clips * self.spec.num_crops
 
     def scores(self, video: str | os.PathLike) -> torch.Tensor:
-        """Class probabilities (K,) of ``video``, averaged over its views (all read from one decode of the
-        video, then given to the model ``batch_size`` at a time); :class:`DecodeError` if one of them
-        cannot be read."""
-        all_views, errors = read_views(self.spec, str(video))
-        failed = next((e for e in errors if e is not None), None)
-        if failed is not None:
-            raise failed
+        """Class probabilities (K,) of ``video``, averaged over its views (read from one decode of the
+        video, ``batch_size`` views at a time, each batch scored before the next is made: memory does
+        not grow with the number of views); :class:`DecodeError` if one of them cannot be read."""
         total = torch.zeros(len(self.class_names), dtype=torch.float64)
-        for start in range(0, self.num_views, self.batch_size):
-            clips = all_views[start : start + self.batch_size]
+        for clips, errors in iter_views(self.spec, str(video), self.batch_size):
+            failed = next((e for e in errors if e is not None), None)
+            if failed is not None:
+                raise failed
             with torch.inference_mode():
                 logits = self.model(clips.to(self.device)).float()
             total += clip_probabilities(logits, self.multi_label).sum(0).cpu().double()
@@ -251,9 +258,12 @@ def collect_videos(video: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     """A video file, a folder (its video files, recursively, sorted) or a list of either.
 
     A path that is not a folder is kept as it is: a missing or unreadable file is reported, with its
-    reason, when it is read.
+    reason, when it is read. In a folder, hidden files and folders (``.ipynb_checkpoints/``, ``._x.mp4``
+    from macOS) are left out, and a broken symbolic link with a video name is kept, to be reported.
     """
     items = [video] if isinstance(video, (str, os.PathLike)) else list(video)
+    if not items:
+        raise ConfigError("video=[] names no video: give a file, a folder or a list [a.mp4,b.mp4]")
     found: list[str] = []
     for item in items:
         path = Path(str(item)).expanduser()
@@ -261,11 +271,23 @@ def collect_videos(video: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             found.append(str(path))
             continue
         files = sorted(str(f) for f in path.rglob("*")
-                       if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
+                       if f.suffix.lower() in VIDEO_EXTENSIONS and not f.is_dir()
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
         if not files:
             raise ConfigError(f"video={path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
         found.extend(files)
     return found
+
+
+def positive_int(value: object, key: str) -> int:
+    """``key=value`` as a whole number >= 1, or one :class:`ConfigError` line naming the key."""
+    try:
+        number = int(str(value))  # not int(value): 2.5 and true are refused, not truncated
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"{key}={value!r} must be a whole number >= 1")
+    return number
 
 
 def command_predictor(cfg: DictConfig, overrides: Sequence[str]) -> Predictor:
@@ -299,14 +321,14 @@ def run(cfg: DictConfig) -> int:
         raise ConfigError("video is required: a file, a folder or a list [a.mp4,b.mp4]")
     if cfg.output not in OUTPUTS:
         raise ConfigError(f"output={cfg.output!r} is not allowed; choose one of: {', '.join(OUTPUTS)}")
-    if int(cfg.topk) < 1:
-        raise ConfigError(f"topk={cfg.topk} must be >= 1")
+    topk = positive_int(cfg.topk, "topk")
+    cfg.batch_size = positive_int(cfg.batch_size, "batch_size")
     videos = collect_videos(cfg.video)
     predictor = command_predictor(cfg, task_overrides())
     results = []
     bar = tqdm(total=len(videos), desc="predict", unit="video", file=sys.stderr, disable=len(videos) < 2)
     with bar:
-        for pred in predictor.predict_many(videos, int(cfg.topk)):
+        for pred in predictor.predict_many(videos, topk):
             if pred.error is not None:
                 tqdm.write(f"skipping unreadable video {pred.video} ({pred.error})", file=sys.stderr)
             elif cfg.output == "text":

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,14 @@ def _test_clips(spec: ClipSpec, video: DecordVideo | PyAVVideo) -> list[list[int
 def read_views(spec: ClipSpec, path: str) -> tuple[torch.Tensor, list[DecodeError | None]]:
     """Every view of an evaluation spec from one decode of the video at ``path``: float32 (V, 3, T, H,
     W), view ``v`` bit for bit ``read_clip(spec, path, v)[0]``, and per view None or the
-    :class:`DecodeError` that left it all zeros.
+    :class:`DecodeError` that left it all zeros. :func:`iter_views` in one batch."""
+    return next(iter_views(spec, path, spec.num_clips * spec.num_crops))
+
+
+def iter_views(spec: ClipSpec, path: str, batch_size: int
+               ) -> Iterator[tuple[torch.Tensor, list[DecodeError | None]]]:
+    """The views of :func:`read_views`, in order, ``batch_size`` at a time (the last batch may be
+    smaller): memory holds one batch of views and the decoded frames, whatever the number of views.
 
     The steps: open the video once; the frame indices of the ``num_clips`` temporal clips
     (:func:`~nlvideo.data.sampling.test_clip_indices`); their union, decoded in one ``get_batch`` call,
@@ -152,12 +159,31 @@ def read_views(spec: ClipSpec, path: str) -> tuple[torch.Tensor, list[DecodeErro
     """
     if spec.train:
         raise ValueError("read_views: a training spec has no fixed views; use read_clip")
+    sources = _view_sources(spec, path)
+    num_views = spec.num_clips * spec.num_crops
+    for start in range(0, num_views, batch_size):
+        out = torch.empty(min(batch_size, num_views - start), 3, spec.num_frames, spec.crop_size,
+                          spec.crop_size)  # every view written
+        errors: list[DecodeError | None] = []
+        for view, (v, (clip, error)) in zip(out, enumerate(sources, start), strict=False):
+            if error is None:
+                test_crop(clip, spec.crop_size, v % spec.num_crops, spec.num_crops, spec.mean, spec.std,
+                          out=view)
+            else:
+                view.zero_()
+            errors.append(error)
+        yield out, errors
+
+
+def _view_sources(spec: ClipSpec, path: str) -> Iterator[tuple[torch.Tensor | None, DecodeError | None]]:
+    """For each view in order: its resized temporal clip (T, C, H, W) (the same tensor for the
+    ``num_crops`` views of a clip), or the :class:`DecodeError` that leaves it unread."""
     num_views, crops = spec.num_clips * spec.num_crops, spec.num_crops
-    out = torch.empty(num_views, 3, spec.num_frames, spec.crop_size, spec.crop_size)  # every view written
     try:
         video = _open(spec, path)
     except DecodeError as e:
-        return out.zero_(), [e] * num_views
+        yield from [(None, e)] * num_views
+        return
     try:
         union, positions = union_indices(_test_clips(spec, video))
         frames = video.get_batch(union, strict=True)
@@ -166,25 +192,18 @@ def read_views(spec: ClipSpec, path: str) -> tuple[torch.Tensor, list[DecodeErro
     finally:
         video.close()
     if frames is None:
-        return _read_views_per_clip(spec, path, out)
+        yield from _view_sources_per_clip(spec, path)
+        return
     resized = test_resize(frames, spec.min_scale)
-    for c, pos in enumerate(positions):
-        _crop_views(spec, resized[torch.tensor(pos)], out[c * crops : (c + 1) * crops])
-    return out, [None] * num_views
+    for pos in positions:
+        clip = resized[torch.tensor(pos)]
+        yield from [(clip, None)] * crops
 
 
-def _crop_views(spec: ClipSpec, clip: torch.Tensor, views: torch.Tensor) -> None:
-    """The ``num_crops`` views of one resized temporal clip (T, C, H, W), written into ``views``."""
-    for k, view in enumerate(views):
-        test_crop(clip, spec.crop_size, k, spec.num_crops, spec.mean, spec.std, out=view)
-
-
-def _read_views_per_clip(spec: ClipSpec, path: str, out: torch.Tensor
-                         ) -> tuple[torch.Tensor, list[DecodeError | None]]:
-    """:func:`read_views` one temporal clip at a time (open, decode its frames, resize), as
+def _view_sources_per_clip(spec: ClipSpec, path: str
+                           ) -> Iterator[tuple[torch.Tensor | None, DecodeError | None]]:
+    """:func:`_view_sources` one temporal clip at a time (open, decode its frames, resize), as
     :func:`read_clip` reads them: for videos whose frames cannot all be decoded at once."""
-    errors: list[DecodeError | None] = []
-    crops = spec.num_crops
     for c in range(spec.num_clips):
         try:
             video = _open(spec, path)
@@ -193,12 +212,9 @@ def _read_views_per_clip(spec: ClipSpec, path: str, out: torch.Tensor
             finally:
                 video.close()
         except DecodeError as e:
-            out[c * crops : (c + 1) * crops].zero_()
-            errors += [e] * crops
+            yield from [(None, e)] * spec.num_crops
             continue
-        _crop_views(spec, test_resize(frames, spec.min_scale), out[c * crops : (c + 1) * crops])
-        errors += [None] * crops
-    return out, errors
+        yield from [(test_resize(frames, spec.min_scale), None)] * spec.num_crops
 
 
 class VideoDataset(Dataset):

@@ -119,6 +119,25 @@ def to_rgb(frame: av.VideoFrame, short_side: int | None = None) -> np.ndarray:
     return short_side_resize(frames, short_side)[0].permute(1, 2, 0).numpy()
 
 
+NO_VIDEO_STREAM = "no video stream"  # e.g. an audio-only file
+
+
+class NoVideoStream(ValueError):
+    """The container opens but holds no video stream."""
+
+
+def has_no_video_stream(path: str) -> bool:
+    """Whether ``path`` is a container FFmpeg opens that holds no video stream (decord's message for
+    one is an internal check, ``cannot find video stream with wanted index: -1``)."""
+    try:
+        open_pyav(path)[0].close()
+    except NoVideoStream:
+        return True
+    except Exception:  # noqa: BLE001 - unreadable for another reason: the decoder's message says which
+        return False
+    return False
+
+
 def open_pyav(path: str, num_threads: int = 1) -> tuple[av.container.InputContainer, av.VideoStream]:
     """The container and first video stream of ``path``, decoding with ``num_threads`` threads."""
     import av
@@ -128,7 +147,7 @@ def open_pyav(path: str, num_threads: int = 1) -> tuple[av.container.InputContai
         stream = container.streams.video[0]
     except IndexError:
         container.close()
-        raise ValueError("no video stream") from None
+        raise NoVideoStream(NO_VIDEO_STREAM) from None
     if num_threads != 1:
         stream.thread_type = "AUTO"
         stream.thread_count = max(num_threads, 0)
@@ -217,6 +236,8 @@ class DecordVideo:
                 self.num_frames = len(self._vr)
                 self.fps = float(self._vr.get_avg_fps())
         except Exception as e:  # decord raises DECORDError / RuntimeError for unreadable files
+            if has_no_video_stream(path):
+                raise DecodeError(path, NO_VIDEO_STREAM) from None
             raise DecodeError(path, f"cannot open: {_short(e)}{native.detail()}") from None
         native.replay()
         if self.num_frames < 1:
@@ -323,6 +344,8 @@ class PyAVVideo:
         self.path = path
         try:
             self._container, self._stream = open_pyav(path, num_threads)
+        except NoVideoStream:
+            raise DecodeError(path, NO_VIDEO_STREAM) from None
         except Exception as e:
             raise DecodeError(path, f"cannot open: {_short(e)}") from None
         self.native_size = frame_size(self._stream)
