@@ -193,10 +193,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="attention.png")
     args = parser.parse_args(argv)
 
+    if args.video is not None and not Path(args.video).is_file():
+        parser.exit(2, f"error: --video {args.video} does not exist\n")
     try:
         model, cfg = load_model(args.checkpoint)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
+    blocks = [name for name, _ in model.nonlocal_blocks()]
+    if args.block is not None and args.block not in blocks:
+        parser.exit(2, f"error: --block {args.block}: no such non-local block; the model has: "
+                       f"{', '.join(blocks)}\n")
     classes_file = Path(args.checkpoint).resolve().parent.parent / "classes.json"  # run_dir/checkpoints/x.pt
     names = json.loads(classes_file.read_text()) if classes_file.is_file() else None
     video = args.video
@@ -212,8 +218,16 @@ def main(argv: list[str] | None = None) -> None:
         record = ds.records[args.sample]
         video = record.path
         label = ", ".join(ds.class_names[i] for i in record.video_labels)
-    clip, frames = load_clip(video, cfg.data)
-    att = block_attention(model, clip, args.block, args.query)
+    from nlvideo.data import DecodeError
+
+    try:
+        clip, frames = load_clip(video, cfg.data)
+    except DecodeError as exc:
+        parser.exit(1, f"error: cannot read {video} ({exc.reason})\n")
+    try:
+        att = block_attention(model, clip, args.block, args.query)
+    except ValueError as exc:  # --query outside the block's feature grid
+        parser.exit(2, f"error: --query: {exc}\n")
     with torch.no_grad():
         pred = int(model(clip.unsqueeze(0)).argmax())
     title = (
