@@ -509,6 +509,15 @@ def _chunk_rows(n: int, m: int, itemsize: int) -> int:
 _TINY_WEIGHT = 1e-30
 
 
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[:] = a @ b``: with ``out=`` in eager mode (no temporary); under ``torch.compile``, whose
+    tracer cannot write ``out=`` into a non-contiguous view (a graph break per call), as a copy."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.mm(a, b))
+    else:
+        torch.mm(a, b, out=out)
+
+
 def _probs(theta: torch.Tensor, phi: torch.Tensor, scale: float | None) -> torch.Tensor:
     """softmax(s theta phi^T) of one query chunk, weights below :data:`_TINY_WEIGHT` set to 0."""
     s = torch.mm(theta, phi.t())
@@ -542,7 +551,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
         for i in range(b):
             for r in range(0, n, rows):
                 p = _probs(theta[i, r : r + rows], phi[i], scale)
-                torch.mm(p, g[i], out=y[i, r : r + rows])
+                _mm_into(p, g[i], y[i, r : r + rows])
         ctx.save_for_backward(theta, phi, g)
         ctx.scale, ctx.pm = scale, pm
         return y
@@ -570,7 +579,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
                 ds = aten_ops.softmax_backward(dp, p, 1)
                 if scale is not None:
                     ds.mul_(scale)
-                torch.mm(ds, phi[i], out=dtheta[i, r : r + rows])
+                _mm_into(ds, phi[i], dtheta[i, r : r + rows])
                 dphi[i].addmm_(ds.t(), th)
         return dtheta, dphi, dg, None, None
 
