@@ -26,6 +26,7 @@ from tests.conftest import REPO
 from tests.hostile import encode, text_as_mp4
 from tests.test_data_check import SMALL as CHECK_SMALL
 from tests.test_data_dataset import kinetics_cfg
+from tests.test_data_prepare import charades_csv
 from tests.test_train_run import app_env
 
 SMALL = ["--short-side", "32", "--gop", "4"]
@@ -391,3 +392,12 @@ def test_videos_in_train_and_eval_are_named_by_check_and_training(tmp_path, caps
     assert split_overlap_warning(build_dataset(cfg, "train"), build_dataset(cfg, "val")) == (
         f"val: 1 of its 2 videos are training videos too (e.g. {root / 'videos/v2.mp4'}): its scores "
         "overstate accuracy on unseen videos")
+    charades = tmp_path / "charades"  # the train and test CSVs both list B2
+    for vid in ("A1", "B2"):
+        encode(charades / "Charades_v1_480" / f"{vid}.mp4", num_frames=40)
+    charades_csv(charades / "Charades_v1_train.csv", [("A1", "c000 0.0 1.0", 1.67), ("B2", "", 1.67)])
+    charades_csv(charades / "Charades_v1_test.csv", [("B2", "c001 0.0 1.0", 1.67)])
+    assert check(["data=charades", f"data.root={charades}", *CHECK_SMALL, "--workers", "1", "--out",
+                  str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "check_report.json").read_text())
+    assert report["in_train_and_eval"] == ["Charades_v1_480/B2.mp4"]
