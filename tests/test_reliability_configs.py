@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from nlvideo.engine.config import ConfigError, check_group_choices, validate_config
+from nlvideo.engine.config import ConfigError, check_command_line, validate_config
 from tests.test_train_config import CONFIGS, composed
 from tests.test_train_run import run_app
 
@@ -65,17 +65,32 @@ CASES = [
      "trainer.resume={absent}/checkpoint_000000010.pt does not exist: pass a checkpoint file, "
      "trainer.resume=auto (the newest in the run dir) or trainer.resume=null"),
     (["trainer.init_weights={absent}/k400.pt"], "trainer.init_weights={absent}/k400.pt does not exist"),
+    # silently a 1-channel embedding in every block
+    (["model.nonlocal.inter_ratio=0"], "model.nonlocal.inter_ratio=0 must be a number > 0 (the embedding has "
+     "channels x inter_ratio channels; the paper's is 0.5)"),
+    (["model=c2d_nl5", "model.nonlocal.inter_ratio=-1"], "model.nonlocal.inter_ratio=-1 must be a number > 0 "
+     "(the embedding has channels x inter_ratio channels; the paper's is 0.5)"),
+    # Hydra's own errors: a dozen lines and exit status 1; a typo added with + was accepted
+    (["trainer.epoch=2"], "trainer.epoch=2: trainer.epoch is not a config key; did you mean trainer.epochs? "
+     "(every key: --cfg job)"),
+    (["+trainer.epoch=2"], "+trainer.epoch=2: trainer.epoch is not a config key; did you mean "
+     "trainer.epochs? (every key: --cfg job)"),
+    (["++model.nonlocal.positon=[]"], "++model.nonlocal.positon=[]: model.nonlocal.positon is not a config "
+     "key; did you mean model.nonlocal.positions? (every key: --cfg job)"),
+    (["+seed=3"], "+seed=3: seed exists already; set it with seed=3"),
+    (["trainer.epochs=[1,"], "trainer.epochs=[1,: cannot be parsed (no viable alternative at input '[1,'); "
+     "see https://hydra.cc/docs/advanced/override_grammar/basic/"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "message"), CASES, ids=[c[0][-1] for c in CASES])
 def test_bad_config_is_rejected_naming_key_and_allowed_values(overrides, message, tmp_path):
-    """In-process, the two checks the apps run first: group choices on the command line, then
-    ``validate_config`` on the composed config."""
+    """In-process, the two checks the apps run first: the command line (group choices, keys, Hydra's
+    grammar), then ``validate_config`` on the composed config."""
     absent = tmp_path / "absent"
     over = [f"data.root={absent}", *(o.format(absent=absent) for o in overrides)]
     with pytest.raises(ConfigError) as err:
-        check_group_choices(over, CONFIGS)
+        check_command_line(over, CONFIGS)
         validate_config(composed(*over))
     assert str(err.value) == message.format(absent=absent)
     assert "\n" not in str(err.value) and not absent.exists()
@@ -107,3 +122,21 @@ def test_bad_group_choice_in_a_sweep_and_in_eval(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: data=kinetics is not allowed; choose one of: charades, kinetics400, synthetic, "
         "synthetic_charades"]
+
+
+def test_unknown_keys_exit_2_with_the_closest_key_in_every_app(tmp_path):
+    """Each app checks keys against its own config (predict.yaml, export.yaml); keys of a swept group
+    choice exist under one of its choices; experiments are still added with +."""
+    r = run_app("train.py", "+trainer.epoch=2", "model.width=8", f"hydra.run.dir={tmp_path}/run", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: +trainer.epoch=2: trainer.epoch is not a config key; did you mean trainer.epochs? (every "
+        "key: --cfg job)"]
+    assert not (tmp_path / "run").exists()
+    r = run_app("predict.py", "chekpoint=x.pt", "video=a.mp4", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: chekpoint=x.pt: chekpoint is not a config key; did you mean checkpoint? (every key: "
+        "--cfg job)"]
+    check_command_line(["-m", "optim=sgd,adamw", "optim.betas=[0.9,0.99]"], CONFIGS)
+    check_command_line(["+experiment=nl_vs_baseline", "model.width=8", "hydra.run.dir=x"], CONFIGS)
+    with pytest.raises(ConfigError, match="model.widht is not a config key; did you mean model.width?"):
+        check_command_line(["-m", "model=c2d,i3d", "model.widht=8"], CONFIGS)

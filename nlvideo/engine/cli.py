@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine import run_start
-from nlvideo.engine.config import ConfigError, check_group_choices
+from nlvideo.engine.config import ConfigError, check_command_line, script_config_name
 
 
 def run_model_name(model_name: str, checkpoint: str | None) -> str:
@@ -73,9 +73,10 @@ def usage(description: str, keys: str, config_dir: str | Path) -> str:
 
 
 def exit_on_bad_group_choice(argv: list[str], config_dir: str | Path) -> None:
-    """``model=xyz``: one line naming the allowed choices, exit status 2 (Hydra's error is a dozen)."""
+    """``model=xyz``, ``trainer.epoch=2``, an override Hydra cannot parse: one line naming the allowed
+    choices or the closest key, exit status 2 (Hydra's error is a dozen lines and exit status 1)."""
     try:
-        check_group_choices(argv, config_dir)
+        check_command_line(argv, config_dir, script_config_name(sys.argv[0], config_dir))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

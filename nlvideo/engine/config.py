@@ -7,6 +7,7 @@ are delegated to :func:`nlvideo.models.make_spec`.
 
 from __future__ import annotations
 
+import difflib
 import re
 import signal
 from collections.abc import Sequence
@@ -62,6 +63,109 @@ def check_group_choices(argv: list[str], config_dir: str | Path) -> None:
         for name in (c.strip() for c in value.split(",")):
             if name not in allowed:
                 raise ConfigError(f"{group}={name} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def check_command_line(argv: list[str], config_dir: str | Path, config_name: str = "config") -> None:
+    """Everything about the command line that Hydra would refuse with a dozen lines and exit status 1,
+    as one :class:`ConfigError` line: a group choice that is no yaml (:func:`check_group_choices`), an
+    override Hydra cannot parse, a key the config does not have (``trainer.epoch=2``: naming the
+    closest, ``trainer.epochs``). Keys added with ``+``/``++`` must exist in the config too: Hydra's
+    own hint for a typo is to add it, and ``+trainer.epoch=2`` would then be read by nothing."""
+    check_group_choices(argv, config_dir)
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    parser, config_dir = OverridesParser.create(), Path(config_dir)
+    overrides = []
+    for line in get_args_parser().parse_known_args(argv)[0].overrides:
+        try:
+            overrides += parser.parse_overrides([line])
+        except HydraException as exc:
+            reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{line}: cannot be parsed ({reason}); see "
+                              "https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+    groups = [o for o in overrides if (config_dir / o.key_or_group).is_dir()]
+    keys = [o for o in overrides if o not in groups and not o.key_or_group.startswith("hydra")]
+    configs = [_compose(config_dir, config_name, choice) for choice in _group_choices(groups)]
+    if not keys or not configs or None in configs:  # none to check, or Hydra will say why it cannot compose
+        return
+    for o in keys:
+        present = any(_has_key(cfg, o.key_or_group) for cfg in configs)
+        if o.type == OverrideType.ADD and present:
+            raise ConfigError(f"{o.input_line}: {o.key_or_group} exists already; set it with "
+                              f"{o.input_line.lstrip('+')}")
+        if not present:
+            hint = _closest(configs[0], o.key_or_group)
+            raise ConfigError(f"{o.input_line}: {o.key_or_group} is not a config key{hint} (every key: "
+                              "--cfg job)")
+
+
+def script_config_name(script: str, config_dir: str | Path) -> str:
+    """The primary config of an entry script: the yaml named after it (``predict.py`` ->
+    ``predict.yaml``, ``scripts/export.py`` -> ``export.yaml``), else ``config`` (train.py, eval.py)."""
+    name = Path(script).stem
+    return name if (Path(config_dir) / f"{name}.yaml").is_file() else "config"
+
+
+def _group_choices(groups: list) -> list[list[str]]:
+    from hydra.core.override_parser.types import ValueType
+
+    """Group overrides to compose with: the command's, and for a sweep (``model=c2d,i3d``) one list per
+    choice of each swept group (a key need exist under one of them). [] for sweeps that list no choices
+    (``range()``, ``glob()``): Hydra then checks the keys."""
+    plain = [o.input_line for o in groups if not o.is_sweep_override()]
+    swept = [o for o in groups if o.is_sweep_override()]
+    if any(o.value_type != ValueType.SIMPLE_CHOICE_SWEEP for o in swept):
+        return []
+    firsts = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" for o in swept]
+    out = [plain + firsts]
+    for i, o in enumerate(swept):
+        out += [plain + firsts[:i] + [f"{o.get_key_element()}={v}"] + firsts[i + 1:]
+                for v in list(o.sweep_string_iterator())[1:]]
+    return out
+
+
+def _compose(config_dir: Path, config_name: str, group_overrides: list[str]) -> DictConfig | None:
+    """The config the command composes, without its key overrides; None if Hydra cannot compose it
+    (then Hydra itself reports why)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
+            return compose(config_name, overrides=group_overrides)
+    except (HydraException, ValueError):
+        return None
+
+
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(node, DictConfig) and part in set(node.keys()):  # ``in node``: False for ???
+            node = node._get_node(part)
+        elif OmegaConf.is_list(node) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return True
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            full = f"{prefix}{key}"
+            out += [full, *_all_keys(node._get_node(key), full + ".")]
+    return out
+
+
+def _closest(cfg: DictConfig, key: str) -> str:
+    """``; did you mean <key>?`` for the config's key most like ``key``, else ""."""
+    near = difflib.get_close_matches(key, [k for k in _all_keys(cfg) if not k.startswith("hydra")], n=1,
+                                     cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 def resolve_device(requested: str) -> torch.device:

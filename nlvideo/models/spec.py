@@ -7,6 +7,7 @@ override fails in one line naming ``model.<key>`` and what is allowed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -179,6 +180,7 @@ def make_spec(**cfg: Any) -> ModelSpec:
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
 
+    _check_inter_ratio(nl_raw.get("inter_ratio", 0.5))
     nl = NonLocalSpec(
         positions=_positions(nl_raw.pop("positions", None), depths),
         instantiation=_choice(
@@ -207,3 +209,12 @@ def make_spec(**cfg: Any) -> ModelSpec:
         pretrained=cfg.get("pretrained"),
         nonlocal_=nl,
     )
+
+
+def _check_inter_ratio(ratio: object) -> None:
+    """``model.nonlocal.inter_ratio`` must be a positive number: 0 or a negative one gave every block a
+    silent 1-channel embedding (the channel count is clamped to at least 1)."""
+    number = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+    if not (number and math.isfinite(ratio) and ratio > 0):
+        raise ConfigError(f"model.nonlocal.inter_ratio={ratio!r} must be a number > 0 (the embedding has "
+                          "channels x inter_ratio channels; the paper's is 0.5)")
