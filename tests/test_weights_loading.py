@@ -231,13 +231,13 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line(trained_
     no_nl = edited_checkpoint(trained_checkpoint, tmp_path / "no_nl.pt",
                               weights=lambda w: {k: v for k, v in w.items() if ".nl" not in k})
     line = one_error_line(run_app("predict.py", f"checkpoint={no_nl}", f"video={video}"))
-    assert "lacks 12 of the model's tensors, e.g. ['res4.nl4.theta.weight'" in line
-    assert "it must hold every tensor of the model" in line
+    assert "(nlvideo) lacks 12 of the model's tensors, e.g. ['res4.nl4." in line
+    assert line.endswith("of res4.nl4: it must hold every tensor of the model")
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("model=i3d", "stem.conv.weight has shape (8, 3, 1, 7, 7), model stem.conv.weight needs (8, 3, 5, 7, 7); "
-                  "temporal kernels differ"),
+    ("model=i3d", "(nlvideo) has non-local blocks ['res4.nl4'] the model lacks: set "
+                  "model.nonlocal.positions=[res4.4]"),
     ("model.width=32", "stem.conv.weight has shape (8, 3, 1, 7, 7), model stem.conv.weight needs "
                        "(32, 3, 1, 7, 7); channel counts differ"),
 ])

@@ -70,7 +70,7 @@ from nlvideo.engine.runtime import (
 )
 from nlvideo.engine.state import Meter, TrainState, saved_global_batch
 from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
-from nlvideo.models.pretrained import load_weights, read_checkpoint
+from nlvideo.models.pretrained import load_weights, read_checkpoint, weights_of
 
 log = logging.getLogger("nlvideo.train")
 
@@ -408,11 +408,7 @@ def resume(loop: Loop, path: str, saved: dict | None = None) -> TrainState:
     if saved is None:
         saved = ckpt_io.load_checkpoint(path)
     check_resumable(loop, saved, path)
-    try:
-        loop.net.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {path} does not fit model {loop.cfg.model.name}: "
-                          f"{' '.join(str(exc).split())[:300]}") from None
+    load_weights(loop.net, weights_of(saved, path, "trainer.resume"), complete=True)  # or one line why not
     loop.optimizer.load_state_dict(saved["optimizer"])
     state = TrainState.from_checkpoint(saved, loop.global_batch, loop.iters_per_epoch)
     schedule = {**saved["scheduler"], "last_epoch": state.iteration, "_step_count": state.iteration + 1}
