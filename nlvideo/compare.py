@@ -12,7 +12,10 @@ NL blocks, instantiation, lr, ...) keeps runs apart, and each curve is labelled 
 what sets it apart, e.g. ``i3d_nl5 · dot_product`` or ``c2d · width=8``. Runs measured by different
 metrics (mAP vs top-1) are refused; runs on different datasets are compared with a warning.
 ``--group-by KEYS`` groups by chosen config keys instead (runs differing in others are averaged,
-with a warning); ``--label DIR=TEXT`` makes the runs under DIR one curve named TEXT.
+with a warning); ``--label DIR=TEXT`` makes the runs under DIR one curve named TEXT. Two runs of one
+configuration *and* seed are not two seeds: the one that got further stays in the curve, the other is
+listed apart, with a warning. A run still being written (its run-dir lock is held) or stopped far short
+of its group's longest run is flagged in the table's ``notes`` and in the legend.
 
 Writes ``curves.png`` (training error and validation error vs iteration, shared axes, one colour
 per group) and ``table.md`` (final and best validation accuracy or mAP, parameters, FLOPs, clips/s of
@@ -33,23 +36,31 @@ from pathlib import Path
 
 import numpy as np
 
+from nlvideo.engine.run_lock import held_by
+
 EVENT_GLOB = "events.out.tfevents.*"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # Config keys (and key prefixes) that do not define an experiment: runs differing only in these are
 # one experiment. ``seed`` is what a group averages over; the others change where files are, how fast
 # data loads, what is logged or kept, or only the floating-point summation order (threads,
-# deterministic kernels, channels-last, compile, the NL block's computation path); ``eval_period``
-# changes when validation runs, not what trains. ``--group-by`` can still name any of them.
+# deterministic kernels, channels-last, compile, TF32 matmuls, the NL block's computation path, how
+# often the host reads the device); ``eval_period`` changes when validation runs, not what trains.
+# ``--group-by`` can still name any of them.
 NOT_THE_EXPERIMENT = (
     "seed", "checkpoint", "data.root", "data.num_workers", "data.prefetch_factor", "data.decode_threads",
     "data.pin_memory", "data.persistent_workers", "data.max_retries", "model.nonlocal.impl",
-    "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.cpu_threads",
+    "trainer.device", "trainer.channels_last", "trainer.compile", "trainer.cpu_threads", "trainer.tf32",
+    "trainer.sync_period",
     "trainer.deterministic", "trainer.eval_period", "trainer.log_period", "trainer.progress",
     "trainer.tensorboard", "trainer.checkpoint", "trainer.resume", "trainer.allow_config_change",
     "trainer.wait_for_run_dir", "trainer.preempt_signals", "trainer.dist_timeout_min",
     "trainer.preempt_exit_code", "trainer.debug.nan_at_iter", "trainer.debug.kill_during_checkpoint",
 )
+# Settings that change how fast a run trains but not what it learns: named in the clips/s caveat.
+SPEED_KEYS = ("processes", "trainer.device", "trainer.cpu_threads", "trainer.amp", "trainer.compile",
+              "trainer.channels_last", "trainer.tf32", "data.num_workers", "data.decoder")
+SHORT_FRACTION = 0.5  # a run that stopped before this share of its experiment's longest run is flagged
 # What tells datasets apart (data.root does not: the same data sits at other paths on other machines).
 DATASET_KEYS = ("data.name", "data.format", "data.num_classes", "data.train_list", "data.val_list",
                 "data.generate")
@@ -72,6 +83,12 @@ class Run:
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]
     hparams: dict[str, object] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    running: str = ""  # the run-dir lock's holder ("host H pid P since T") while the run is being written
+    note: str = ""  # what the table and figure flag: still running, stopped short (set by flag_runs)
+
+    @property
+    def last_iteration(self) -> int:
+        return max((int(s[0][-1]) for s in self.scalars.values() if len(s[0])), default=0)
 
     @property
     def run_dir(self) -> Path:
@@ -140,6 +157,7 @@ def load_run(event_dir: Path) -> Run:
         events = acc.Scalars(tag)
         scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
     run = Run(path=event_dir, scalars=scalars, hparams=_hparams(acc))
+    run.running = held_by(run.run_dir)
     config = run_config(run.run_dir)
     run.settings = settings_of(config, run.hparams) if config else {}
     return run
@@ -152,7 +170,18 @@ def run_config(run_dir: Path) -> dict | None:
     if path.is_file():
         import yaml
 
-        return yaml.safe_load(path.read_text())
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            reason = getattr(exc, "problem", None) or type(exc).__name__
+            raise CompareError(f"compare: {path} is not valid YAML ({reason}{line}): restore it from the "
+                               "run's checkpoint config or move it aside") from None
+        if not isinstance(config, dict):
+            raise CompareError(f"compare: {path} holds no config mapping (found {type(config).__name__}): "
+                               "restore it from the run's checkpoint config or move it aside")
+        return config
     from nlvideo.engine.checkpoint import list_checkpoints, load_checkpoint
 
     for ckpt in reversed(list_checkpoints(run_dir / "checkpoints")):
@@ -246,9 +275,53 @@ def group_runs(runs: list[Run], group_by: list[str] | None = None,
     keyed: dict[tuple, list[Run]] = {}
     for run in runs:
         keyed.setdefault(group_key(run, group_by, labels or []), []).append(run)
+    for family in keyed.values():
+        flag_runs(family)
+    repeats = {} if group_by else split_repeats(keyed)
     names = group_labels(list(keyed), [rs[0] for rs in keyed.values()], group_by)
-    groups = dict(zip(names, keyed.values(), strict=True))
-    return groups, [*dataset_warnings(runs), *averaging_warnings(groups)]
+    groups: dict[str, list[Run]] = {}
+    warnings = dataset_warnings(runs)
+    for name, (key, members) in zip(names, keyed.items(), strict=True):
+        groups[name] = members
+        for run in repeats.get(key, []):
+            apart = f"{name} · {run.run_dir.name}"
+            apart = apart if apart not in groups else f"{name} · {run.run_dir}"
+            groups[apart] = [run]
+            warnings.append(f"{run.run_dir} has the same config and seed ({_text(run.settings.get('seed'))}) "
+                            f"as a run of '{name}': one experiment run twice, not two seeds; listed apart "
+                            f"as '{apart}'")
+    return groups, [*warnings, *averaging_warnings(groups)]
+
+
+def split_repeats(keyed: dict[tuple, list[Run]]) -> dict[tuple, list[Run]]:
+    """Take runs of one experiment *and* seed out of their group: the same config and seed run twice (a
+    leftover aborted run, a rerun in a new directory) is not a second seed. The run that got furthest
+    stays in the group; the others, by group key, are listed apart."""
+    apart: dict[tuple, list[Run]] = {}
+    for key, runs in keyed.items():
+        if key[0][0] == "label" or not runs[0].settings:  # named by --label, or seeds unknown
+            continue
+        by_seed: dict[str, list[Run]] = defaultdict(list)
+        for run in runs:
+            by_seed[_text(run.settings.get("seed"))].append(run)
+        if all(len(rs) == 1 for rs in by_seed.values()):
+            continue
+        ranked = [sorted(rs, key=lambda r: (not r.running, r.last_iteration), reverse=True)
+                  for rs in by_seed.values()]
+        keyed[key] = [rs[0] for rs in ranked]
+        apart[key] = [r for rs in ranked for r in rs[1:]]
+    return apart
+
+
+def flag_runs(runs: list[Run]) -> None:
+    """Note the runs of one group (one experiment) that are still being written (their run dir's lock is
+    held) or that stopped far short of the group's longest run (before ``SHORT_FRACTION`` of it)."""
+    longest = max(r.last_iteration for r in runs)
+    for run in runs:
+        if run.running:
+            run.note = f"still running ({run.running})"
+        elif run.last_iteration < SHORT_FRACTION * longest:
+            run.note = f"stopped at iteration {run.last_iteration} of {longest}"
 
 
 def group_key(run: Run, group_by: list[str] | None, labels: list[tuple[Path, str]]) -> tuple:
@@ -443,7 +516,26 @@ def plot(groups: dict[str, list[Run]], out: Path, title: str = "", smooth: float
 
 def legend(label: str, runs: list[Run]) -> str:
     seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
-    return f"{label} ({_num_nonlocal(runs)} NL{seeds})"
+    flagged = notes(runs)
+    return f"{label} ({_num_nonlocal(runs)} NL{seeds})" + (f"\n  ⚠ {flagged}" if flagged else "")
+
+
+def notes(runs: list[Run]) -> str:
+    """The flags of a group's runs (:func:`flag_runs`), each with its seed when the group averages."""
+    if len(runs) == 1:
+        return runs[0].note
+    return "; ".join(f"seed {_text(r.settings.get('seed', '?'))} {r.note}" for r in runs if r.note)
+
+
+def speed_caveat(groups: dict[str, list[Run]]) -> str:
+    """The clips/s column's caveat: each run's own throughput on its own machine and load, naming the
+    speed settings in which the runs differ."""
+    runs = [r for rs in groups.values() for r in rs]
+    differ = [k for k in SPEED_KEYS if len({_text(r.settings.get(k)) for r in runs if r.settings}) > 1]
+    text = ("clips/s is each run's median training throughput, measured on whatever machine, device and "
+            "load it ran with (other jobs on the machine included): it compares only runs made side by "
+            "side on one idle machine, not these numbers as they stand")
+    return text + (f"; these runs also differ in {', '.join(differ)}" if differ else "") + "."
 
 
 def _num_nonlocal(runs: list[Run]) -> object:
@@ -470,21 +562,22 @@ def table(groups: dict[str, list[Run]], warnings: list[str]) -> str:
     metric = "val mAP" if multi else "val top-1"
     lines = [f"> **Warning**: {w}\n" for w in warnings] + [
         f"| model | #NL | runs | last iteration | final {metric} | best {metric} | final train err | "
-        "params (M) | GFLOPs/clip | clips/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "params (M) | GFLOPs/clip | clips/s ¹ | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tag = "val/mAP" if multi else "val/top1"
     for label, runs in groups.items():
         finals = [float(s[1][-1]) for r in runs if (s := r.series(tag)) is not None]
         bests = [float(s[1].max()) for r in runs if (s := r.series(tag)) is not None]
         train_err = [float(c["train"][1][-1]) for c in map(error_curves, runs) if "train" in c]
-        last = max((int(s[0][-1]) for r in runs for s in r.scalars.values() if len(s[0])), default=0)
+        last = max(r.last_iteration for r in runs)
         speed = [float(np.median(s[1])) for r in runs if (s := r.series("train/clips_per_s")) is not None]
         lines.append(
             f"| {label} | {_num_nonlocal(runs)} | {len(runs)} | {last} | {_stat(finals)} | {_stat(bests)} "
-            f"| {_stat(train_err)} | {_own(runs, 'params_M')} | {_own(runs, 'gflops')} | {_stat(speed)} |"
+            f"| {_stat(train_err)} | {_own(runs, 'params_M')} | {_own(runs, 'gflops')} | {_stat(speed)} "
+            f"| {notes(runs)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\n¹ {speed_caveat(groups)}\n"
 
 
 def link_runs(groups: dict[str, list[Run]], folder: Path) -> dict[str, Path]:
@@ -509,6 +602,9 @@ def compare(paths: list[Path], out_dir: Path, title: str = "", smooth: float = 0
             tensorboard: bool = False) -> tuple[Path, Path, dict[str, list[Run]], list[str]]:
     """Read, group, plot and tabulate the runs under ``paths`` (and link them for TensorBoard); returns
     (curves.png, table.md, the groups by label, warnings)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"compare: --out {out_dir} is a file: pass a directory (curves.png and table.md "
+                           "are written into it)")
     runs = [load_run(d) for d in find_event_dirs(paths)]
     groups, warnings = group_runs(runs, group_by, labels)
     out_dir.mkdir(parents=True, exist_ok=True)

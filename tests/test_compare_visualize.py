@@ -73,19 +73,21 @@ def test_runs_of_different_lengths_and_in_progress_runs_are_compared(two_runs, t
 
 def test_a_run_without_config_file_is_grouped_by_its_checkpoints_config(two_runs, tmp_path):
     """A run directory copied without config_resolved.yaml: the newest checkpoint's config stands in,
-    so it averages with the run it copies (same configuration, same seed)."""
+    so it is known as the same experiment and seed as the run it copies: listed apart, not averaged."""
     copy = tmp_path / "copy"
     shutil.copytree(two_runs["c2d"], copy)
     (copy / "config_resolved.yaml").unlink()
     assert load_run(copy / "tb").settings == load_run(two_runs["c2d"] / "tb").settings
     _, md, groups, warnings = compare([two_runs["c2d"], copy, two_runs["c2d_nl1"]], tmp_path / "out")
-    assert {label: len(runs) for label, runs in groups.items()} == {"c2d": 2, "c2d_nl1": 1}
-    assert warnings == []
+    assert {label: len(runs) for label, runs in groups.items()} == {"c2d": 1, "c2d · copy": 1, "c2d_nl1": 1}
+    assert len(warnings) == 1 and "has the same config and seed (0) as a run of 'c2d'" in warnings[0]
 
 
-def fake_run(root: Path, name: str, *overrides: str, params_m: float = 0.5, final: float = 40.0) -> Path:
+def fake_run(root: Path, name: str, *overrides: str, params_m: float = 0.5, final: float = 40.0,
+             steps: tuple[int, ...] = (10, 20, 30)) -> Path:
     """A run directory as train.py writes it: the composed, resolved config and TensorBoard events (the
-    trainer's hparams, train/val curves) of 3 validations; ``final`` is the last validation metric."""
+    trainer's hparams, train/val curves) of a validation at each of ``steps``; ``final`` is the last
+    validation metric."""
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
     run_dir = root / name
@@ -96,7 +98,8 @@ def fake_run(root: Path, name: str, *overrides: str, params_m: float = 0.5, fina
     tb.hparams({"model": cfg.model.name, "num_nonlocal": num_nl, "params_M": params_m, "gflops": 2 * params_m,
                 "global_batch": int(cfg.data.batch_size)}, ["val/top1"])
     metric = "val/mAP" if cfg.data.multi_label else "val/top1"
-    for step, value in zip((10, 20, 30), (final - 20, final - 10, final), strict=True):
+    for i, step in enumerate(steps):
+        value = final - 10 * (len(steps) - 1 - i)
         tb.scalars({"train/top1": value + 5, "train/clips_per_s": 50.0, metric: value}, step)
     tb.close()
     return run_dir
@@ -153,6 +156,71 @@ def test_runs_are_grouped_by_the_configuration_that_differs_and_seeds_average(tm
     assert "i3d_nl5 · width=8: " + ", ".join(str(tmp_path / n) for n in ("seed0", "seed1")) in result.stdout
     links = sorted(p.name for p in (tmp_path / "out" / "tensorboard").iterdir())
     assert "i3d_nl5 · width=8 · seed 0" in links and "i3d_nl5 · width=64" in links and len(links) == 9
+
+
+def test_same_config_and_seed_is_listed_apart_and_short_or_running_runs_are_flagged(tmp_path, capsys):
+    """An aborted 6-iteration run with the same seed as a finished one was averaged into
+    'c2d_nl5 (5 NL, 2 seeds)' without a warning; a run still training looked finished."""
+    finished = fake_run(tmp_path, "finished", "model=c2d_nl5", "seed=0", final=50.0)
+    aborted = fake_run(tmp_path, "aborted", "model=c2d_nl5", "seed=0", final=10.0, steps=(6,))
+    fake_run(tmp_path, "seed1", "model=c2d_nl5", "seed=1", final=40.0)
+    live = fake_run(tmp_path, "live", "model=c2d", "seed=0")
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'host h pid 7 since t\\n'); print(1, flush=True); "
+            "time.sleep(60)")  # another process holds the run dir's lock, as a training run does
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(live / ".nlvideo.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        result = run_compare(capsys, str(tmp_path), "--out", str(tmp_path / "out"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(tmp_path / "out" / "table.md")
+    assert list(rows) == ["c2d_nl5", "c2d_nl5 · aborted", "c2d"]
+    # columns: #NL, runs, last iteration, final, best, final train err, params, GFLOPs, clips/s, notes
+    assert rows["c2d_nl5"][1:4] == ["2", "30", "45.0 ± 7.1"] and rows["c2d_nl5"][-1] == ""
+    assert rows["c2d_nl5 · aborted"][1:4] == ["1", "6", "10.0"]
+    assert rows["c2d_nl5 · aborted"][-1] == "stopped at iteration 6 of 30"
+    assert rows["c2d"][-1] == "still running (host h pid 7 since t)"
+    assert (f"compare: WARNING: {aborted} has the same config and seed (0) as a run of 'c2d_nl5': one "
+            "experiment run twice, not two seeds; listed apart as 'c2d_nl5 · aborted'") in result.stderr
+    assert f"c2d_nl5: {finished}, {tmp_path / 'seed1'}" in result.stdout
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "¹ clips/s is each run's median training throughput, measured on whatever machine" in table
+    # the figure's legend carries the same flags
+    from nlvideo.compare import group_runs, legend
+
+    groups, _ = group_runs([load_run(d) for d in find_event_dirs([tmp_path / "finished", aborted])])
+    assert legend("c2d_nl5 · aborted", groups["c2d_nl5 · aborted"]).endswith("⚠ stopped at iteration 6 of 30")
+
+
+def test_runs_differing_only_in_sync_period_and_tf32_are_seeds_of_one_experiment(tmp_path, capsys):
+    runs = [fake_run(tmp_path, "a", "model=c2d", "seed=0", "trainer.sync_period=1"),
+            fake_run(tmp_path, "b", "model=c2d", "seed=1", "trainer.sync_period=8", "trainer.tf32=false")]
+    result = run_compare(capsys, *map(str, runs), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    assert list(table_rows(tmp_path / "out" / "table.md")) == ["c2d"]
+
+
+def test_a_broken_config_or_an_out_file_is_one_line(tmp_path, capsys):
+    """A config_resolved.yaml cut mid-way gave a 60-line YAML traceback; --out naming a file one from
+    mkdir."""
+    run = fake_run(tmp_path, "run", "model=c2d")
+    config = run / "config_resolved.yaml"
+    config.write_text(config.read_text()[:200] + "\n  bad: [unclosed\n")
+    result = run_compare(capsys, str(run), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: compare: {config} is not valid YAML (")
+    out_file = tmp_path / "table.md"
+    out_file.write_text("x")
+    config.write_text("model: {name: c2d}\n")
+    result = run_compare(capsys, str(run), "--out", str(out_file))
+    assert result.returncode == 2 and result.stderr == (
+        f"error: compare: --out {out_file} is a file: pass a directory (curves.png and table.md are written "
+        "into it)\n")
 
 
 def test_runs_on_different_datasets_are_kept_apart_with_a_loud_warning(tmp_path, capsys):

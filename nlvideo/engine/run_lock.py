@@ -153,3 +153,21 @@ class RunLogFile(logging.FileHandler):
         if self.run_dir_lock is not None:
             self.run_dir_lock.release()
             self.run_dir_lock = None
+
+
+def held_by(run_dir: str | os.PathLike) -> str:
+    """Who holds ``run_dir``'s lock ("host H pid P since T"), or "" when no process does: readers such as
+    ``nlvideo.compare`` flag a run that is still being written. Tests the lock for an instant (shared,
+    non-blocking) and never waits."""
+    lock = RunDirLock(run_dir)
+    try:
+        fd = os.open(lock.path, os.O_RDONLY)
+    except OSError:  # no lock file: never run under a lock, or not a run dir
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock.holder() or "another process"
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was granted
+    return ""
