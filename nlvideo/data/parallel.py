@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import math
 import os
 import signal
@@ -96,11 +97,19 @@ def _inject_fault(item: object) -> None:
                 time.sleep(3600)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this worker when its parent dies (Linux ``PR_SET_PDEATHSIG``): a killed prepare or check
+    leaves no worker decoding on."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def _serve(conn: Connection, fn: Callable[[T], R]) -> None:
     """A worker's loop: ``(index, item)`` in, ``(index, result, "")`` or ``(index, None, error)`` out,
-    until ``None`` comes in."""
+    until ``None`` comes in (or the parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while (task := conn.recv()) is not None:
+    _die_with_parent()
+    while (task := _next_task(conn)) is not None:
         index, item = task
         _inject_fault(item)
         try:
@@ -109,6 +118,13 @@ def _serve(conn: Connection, fn: Callable[[T], R]) -> None:
             conn.send((index, None, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"))
         else:
             conn.send((index, result, ""))
+
+
+def _next_task(conn: Connection) -> tuple[int, T] | None:
+    try:
+        return conn.recv()
+    except EOFError:
+        return None
 
 
 @dataclass
@@ -158,21 +174,33 @@ def _results(fn: Callable[[T], R], items: Sequence[T], workers: int, timeout: fl
     try:
         while pending or pool:
             for w in [w for w in pool if w.index is None]:
-                if pending:
-                    index = pending.popleft()
-                    w.give(index, items[index])
-                else:  # nothing left to give: an idle worker ends
+                if not pending:  # nothing left to give: an idle worker ends
                     w.stop(kill=False)
+                    pool.remove(w)
+                elif not _give_next(w, pending, items):  # it died while idle
                     pool.remove(w)
             while pending and len(pool) < workers:  # at start, and in place of dead or killed ones
                 pool.append(_Worker.start(fn))
-                index = pending.popleft()
-                pool[-1].give(index, items[index])
+                if not _give_next(pool[-1], pending, items):
+                    pool.pop()
             if pool:
                 yield from _collect(pool, timeout)
     finally:
         for w in pool:
             w.stop(kill=True)  # also on Ctrl-C or an error in the caller: no worker outlives this
+
+
+def _give_next(worker: _Worker, pending: deque[int], items: Sequence[T]) -> bool:
+    """Give ``worker`` the next pending item; False (the item stays pending, the worker is ended) when
+    the worker is dead."""
+    index = pending.popleft()
+    try:
+        worker.give(index, items[index])
+    except OSError:
+        pending.appendleft(index)
+        worker.stop(kill=True)
+        return False
+    return True
 
 
 def _collect(pool: list[_Worker], timeout: float | None) -> Iterator[tuple[int, R | None, str]]:
