@@ -8,10 +8,12 @@ The run's configuration is rebuilt from the checkpoint: the command-line overrid
 was started with (stored in the checkpoint) are composed again, and the ones given here are applied
 on top. So the model, clip length and dataset match training unless you override them.
 
-Outputs (in this run's Hydra dir, ``outputs/eval/<model>/<time>``): ``metrics.json`` (top-1/top-5 or
-mAP in percent, #videos, #skipped videos), ``predictions.csv`` (per video: label, top-5 classes and
-scores), ``scores.pt`` (per-video mean scores, for ensembling), ``config_resolved.yaml``. The job
-itself is :mod:`nlvideo.engine.tester`.
+Outputs (in this run's Hydra dir, ``outputs/eval/<model>/<time>``, ``<model>`` the model the checkpoint
+was trained as): ``metrics.json`` (top-1/top-5 or mAP in percent, #videos, #skipped videos, the
+checkpoint and a run id), ``predictions.csv`` (per video: label, top-5 classes and scores),
+``scores.pt`` (per-video mean scores, for ensembling), the per-class report, ``config_resolved.yaml``:
+published together at the end, ``metrics.json`` last, so a killed run never leaves two evaluations'
+files side by side. The job itself is :mod:`nlvideo.engine.tester`.
 """
 
 from pathlib import Path

@@ -6,9 +6,10 @@
     predictor = Predictor.from_pretrained("I3D_NLN_8x8_R50.pkl", "i3d_nl5", "kinetics_classes.txt")
 
 The views are the dataset's own test views: the data config gives the frames, sampling rate, scale,
-crop and normalisation, and :func:`nlvideo.data.read_views` decodes the video once for all its views
-and transforms each of them, as eval.py's loader does. Only their number is chosen here (``views``):
-``paper`` is the paper's 10 clips x 3 crops, ``1`` the centre clip. View probabilities (softmax, or
+crop and normalisation, and :func:`nlvideo.data.dataset.iter_views` decodes the video once for all
+its views and transforms them ``batch_size`` at a time, as eval.py's loader does. Only their number
+is chosen here (``views``, at most :data:`MAX_VIEWS`): ``paper`` is the paper's 10 clips x 3 crops,
+``1`` the centre clip. View probabilities (softmax, or
 sigmoid for a multi-label task such as Charades) are averaged per video, as eval.py averages them. A
 checkpoint holds its model, data config, class names and task. Published weights
 (``model.pretrained``, docs/pretrained.md) hold neither class names nor a data config: the names
