@@ -92,6 +92,22 @@ def test_sigkilled_worker_fails_its_video_and_the_run_finishes(tmp_path):
     assert len((dst / "train.csv").read_text().splitlines()) == 4 and not list(dst.rglob("*.part"))
 
 
+def test_sigkilled_prepare_leaves_no_worker_behind(tmp_path):
+    """The workers die with prepare itself (before: one stuck on a file ran on forever, orphaned)."""
+    src = tmp_path / "raw"
+    downloads(src)
+    os.mkfifo(src / "train" / "c0" / "stuck.mp4")
+    proc = start("nlvideo.data.prepare", "kinetics", str(src), str(tmp_path / "k400"), *SMALL, "--workers",
+                 "2")
+    until(lambda: len(list((tmp_path / "k400").rglob("v*.mp4"))) == 4, what="the other outputs")
+    until(lambda: len(live_children(proc.pid)) == 1, what="one busy worker")  # the one stuck on the fifo
+    workers = live_children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    until(lambda: not Path(f"/proc/{workers[0]}").exists() or Path(f"/proc/{workers[0]}/stat").read_text()
+          .rpartition(")")[2].split()[0] in "ZX", timeout=10, what="the worker to end")
+
+
 def test_stuck_decoder_times_out_and_the_run_finishes(tmp_path, capsys):
     src, dst = tmp_path / "raw", tmp_path / "k400"
     downloads(src)
