@@ -272,12 +272,16 @@ def collect_videos(video: str | os.PathLike | Sequence[str | os.PathLike]) -> li
             found.append(str(path))
             continue
         files = sorted(str(f) for f in path.rglob("*")
-                       if f.suffix.lower() in VIDEO_EXTENSIONS and not f.is_dir()
+                       if f.suffix.lower() in VIDEO_EXTENSIONS and (f.is_file() or _broken_link(f))
                        and not any(part.startswith(".") for part in f.relative_to(path).parts))
         if not files:
             raise ConfigError(f"video={path}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
         found.extend(files)
     return found
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def positive_int(value: object, key: str) -> int:
