@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,10 @@ class Progress:
     """Iterate ``iterable`` reporting progress; ``update(**stats)`` after each step."""
 
     def __init__(self, iterable: Iterable, total: int, desc: str, mode: str = "auto", log_period: int = 10,
-                 initial: int = 0):
+                 initial: int = 0, rest: Callable[[float, int], tuple[float, str]] | None = None):
+        """``rest(seconds per step, steps left here)`` -> (seconds, note): the time the whole job needs
+        from now (this loop's rest included), shown as ``run eta`` (the training loop's whole run)."""
+        self.rest = rest
         self.iterable = iterable
         self.total = total
         self.desc = desc
@@ -75,18 +78,30 @@ class Progress:
             yield item
             self.update()
 
+    @property
+    def step_seconds(self) -> float:
+        """Mean wall-clock seconds per step of this loop so far."""
+        return (time.perf_counter() - self.t0) / max(self.n - self.start_n, 1)
+
+    def run_eta(self) -> str:
+        """``run eta H:MM:SS`` (with ``rest``'s note), or "" without ``rest``."""
+        if self.rest is None:
+            return ""
+        seconds, note = self.rest(self.step_seconds, self.total - self.n)
+        return f"run eta {hms(seconds)}{note}"
+
     def update(self, **stats: Any) -> None:
         self.n += 1
         if self.mode == "bar":
-            self._bar.set_postfix({k: _fmt(v) for k, v in stats.items()}, refresh=False)
+            run_eta = self.run_eta()
+            postfix = {k: _fmt(v) for k, v in stats.items()} | ({"run_eta": run_eta[8:]} if run_eta else {})
+            self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(1)
         elif self.mode == "lines" and (self.n % self.log_period == 0 or self.n == self.total):
-            elapsed = time.perf_counter() - self.t0
-            done = self.n - self.start_n
-            eta = elapsed / max(done, 1) * (self.total - self.n)
+            eta = self.step_seconds * (self.total - self.n)
             fields = "  ".join(f"{k} {_fmt(v)}" for k, v in stats.items())
-            log.info("%s [%d/%d]  %s  %s eta %s", self.desc, self.n, self.total, fields, self.desc.split()[0],
-                     _hms(eta))
+            log.info("%s [%d/%d]  %s  %s eta %s%s", self.desc, self.n, self.total, fields,
+                     self.desc.split()[0], hms(eta), f"  {self.run_eta()}" if self.rest else "")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -100,7 +115,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

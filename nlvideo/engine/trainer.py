@@ -544,6 +544,7 @@ def keep_config_history(path: Path, text: str) -> None:
 
 def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) -> int:
     """The epoch loop from ``state`` to the end of training; returns the exit status."""
+    eta = RunEta(validates=val is not None)
     try:
         while state.iteration < loop.total_iters:
             epoch, first_step = state.epoch, state.step
@@ -552,7 +553,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                 state.restore_rng()
             batches = itertools.chain(head, iter(train_loader))
             state.restore_rng()  # a mid-epoch one holds them after iter() (which draws a seed)
-            stopped = train_one_epoch(loop, state, batches)
+            stopped = train_one_epoch(loop, state, batches, eta)
             del batches
             if stopped:
                 return stop_on_signal(loop, state)
@@ -560,7 +561,9 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                 log.error("the training loader yielded no batch in epoch %d: stopping", epoch + 1)
                 return 1
             if val is not None and is_validation_epoch(loop, state):
+                tic = time.perf_counter()
                 validate(loop, state, val, train_sampler, train_loader)
+                eta.val_seconds = time.perf_counter() - tic
             state.epoch, state.step, state.samples, state.epoch_sum = epoch + 1, 0, 0, Meter()
             save(loop, state)
             loop.tb.flush()
@@ -615,15 +618,22 @@ def rerun_hint(loop: Loop) -> str:
     return f"{verb}: {resume_command(loop.run_dir or '.')}"
 
 
-def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
+def train_one_epoch(loop: Loop, state: TrainState, batches, eta: RunEta | None = None) -> bool:
     """Steps ``state.step`` .. end of ``state.epoch``; True if a stop signal arrived (the caller then
     checkpoints at ``state``). The host reads the steps' results every ``loop.sync_period`` steps, before
     a checkpoint and at the epoch's end (:func:`sync_steps`); in between, a GPU runs ahead unstalled."""
     t = loop.cfg.trainer
     steps = loop.steps_in_epoch(state)
     every = int(t.checkpoint.every_iters)
+    after = loop.total_iters - (state.iteration - state.step + steps)  # training steps after this epoch
+    validations = eta.validations_left(loop, state) if eta else 0
+
+    def rest(step_seconds: float, left: int) -> tuple[float, str]:
+        return eta.seconds(step_seconds, left + after, validations)
+
     progress = Progress(range(state.step, steps), total=steps, mode=t.progress, log_period=int(t.log_period),
-                        desc=f"epoch {state.epoch + 1}/{loop.num_epochs(state)}", initial=state.step)
+                        desc=f"epoch {state.epoch + 1}/{loop.num_epochs(state)}", initial=state.step,
+                        rest=rest if eta else None)
     shown = EpochLog(progress, steps)
     loop.model.train()
     pending: list[StepRecord] = []
@@ -650,8 +660,32 @@ def train_one_epoch(loop: Loop, state: TrainState, batches) -> bool:
     if pending:  # the loader ended early
         shown.add(loop, state, pending, sync_steps(loop, state, pending, steps))
     shown.progress.close()
-    log_epoch(loop, state)
+    log_epoch(loop, state, progress.run_eta())
     return False
+
+
+@dataclass
+class RunEta:
+    """The whole run's remaining time, shown on the progress and epoch lines (an epoch's own ETA hides
+    the rest): the training steps left at this epoch's measured step time, plus every validation left
+    (precise BN included) at the last one's measured time; until one has run, a note says it is not
+    counted."""
+
+    validates: bool
+    val_seconds: float | None = None
+
+    def validations_left(self, loop: Loop, state: TrainState) -> int:
+        """Validations from ``state.epoch`` (included) to the end: every ``eval_period`` and the last."""
+        if not self.validates:
+            return 0
+        last, period = loop.num_epochs(state), int(loop.cfg.trainer.eval_period)
+        return sum((e + 1) % period == 0 or e + 1 == last for e in range(state.epoch, last))
+
+    def seconds(self, step_seconds: float, steps_left: int, validations: int) -> tuple[float, str]:
+        """(seconds, note) for ``steps_left`` training steps and ``validations`` validations."""
+        if validations and self.val_seconds is None:
+            return steps_left * step_seconds, " + validation"
+        return steps_left * step_seconds + validations * (self.val_seconds or 0.0), ""
 
 
 @dataclass
@@ -775,17 +809,18 @@ def log_window(loop: Loop, window: Meter, lrs: list[float], grad_norms: list[tor
     loop.tb.scalars(scalars, iteration)
 
 
-def log_epoch(loop: Loop, state: TrainState) -> None:
-    """The epoch's totals (carried through mid-epoch checkpoints, so a resumed epoch counts whole)."""
+def log_epoch(loop: Loop, state: TrainState, run_eta: str = "") -> None:
+    """The epoch's totals (carried through mid-epoch checkpoints, so a resumed epoch counts whole) and
+    the whole run's ETA (:class:`RunEta`)."""
     total = state.epoch_sum
     summary = {f"train/{k}": v for k, v in epoch_totals(loop, total).items()}
     summary["data/skipped_videos"] = int(total.skipped)
     loop.tb.scalars(summary, state.iteration)
     top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
     log.info("epoch %d/%d done: iteration %d  clips %d  loss %.4f%s  skipped videos %d (unreadable reads "
-             "replaced this epoch; %d distinct unreadable video(s) so far)", state.epoch + 1,
+             "replaced this epoch; %d distinct unreadable video(s) so far)%s", state.epoch + 1,
              loop.num_epochs(state), state.iteration, int(total.n), summary["train/epoch_loss"], top1,
-             int(total.skipped), loop.bad_videos.count)
+             int(total.skipped), loop.bad_videos.count, f"  {run_eta}" if run_eta else "")
 
 
 def epoch_totals(loop: Loop, total: Meter) -> dict[str, float]:
