@@ -393,12 +393,12 @@ def read_weights_file(path: Path, named: str, mmap: bool = True) -> Any:
     if _trusted(path):
         log.warning("%s: read with full unpickling, as %s names it: it can run code", named, TRUST_ENV)
         return torch.load(path, map_location="cpu", weights_only=False)
-    with path.open("rb") as f:
-        zip_magic = f.read(4) == b"PK\x03\x04"
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             if zipfile.is_zipfile(path):
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with path.open("rb") as f:
+                zip_magic = f.read(4) == b"PK\x03\x04"
             if zip_magic:  # a zip archive whose end (the central directory) is missing
                 raise EOFError("a zip archive without its end")
             try:
@@ -416,6 +416,8 @@ def read_weights_file(path: Path, named: str, mmap: bool = True) -> Any:
         if "is not allowed in a weights file" in str(exc):
             raise ConfigError(f"{named}: not a checkpoint nlvideo can read safely ({exc})") from None
         raise ConfigError(f"{named}: the file is truncated or corrupt ({_one_line(exc)})") from None
+    except OSError as exc:
+        raise ConfigError(f"{named}: cannot read the file ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - whatever the readers raise on a damaged file
         raise ConfigError(f"{named}: the file is truncated or corrupt ({_one_line(exc)})") from None
 
@@ -577,7 +579,7 @@ def _fit(ckpt: Checkpoint, key: str, value: torch.Tensor, target: torch.Tensor) 
     if value.dim() == len(need) == 5 and value.shape[:2] == need[:2] and value.shape[3:] == need[3:]:
         hint = ("; temporal kernels differ: an I3D checkpoint needs model.arch=i3d, a C2D one model.arch=c2d "
                 "(and model.inflate where blocks are inflated otherwise)")
-    elif value.dim() == len(need) and value.shape[:2] != need[:2]:
+    elif value.dim() and value.shape[:2] != need[:2]:
         hint = "; channel counts differ: check model.width"
     raise ConfigError(f"{ckpt.where}: {ckpt.origin[key]} has shape {tuple(value.shape)}, model {key} needs "
                       f"{tuple(need)}{hint}")
