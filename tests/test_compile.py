@@ -76,3 +76,40 @@ def test_compiled_training_step_of_a_nonlocal_network_matches_eager():
             opt.step()
     for (name, p), q in zip(eager.state_dict().items(), compiled_net.state_dict().values(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# A small I3D with NL blocks in two stages (compiles in seconds), without dropout: inductor draws
+# dropout masks from its own generator, so eager and compiled runs would differ by more than rounding.
+SMALL_NL = ["model=i3d", "model.stage_depths=[1,2,2,1]", "model.nonlocal.positions=[res3.1,res4.1]",
+            "model.dropout=0.0"]
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_runs_resume_each_others_checkpoints(synthetic_root, tmp_path):
+    """train.py with ``trainer.compile=true`` resumes an eager run's checkpoint, and an eager run
+    resumes the compiled run's: eager iterations 1-4, compiled 5-6 (SIGKILLed while writing
+    checkpoint 8), eager 7-8 end at the uninterrupted eager run's weights (to float32 rounding:
+    inductor fuses differently). One compiled run: compiling costs about a minute of CPU."""
+    from tests.test_train_run import REFERENCE, load_model_state, run_app, tiny_overrides
+
+    common = [*tiny_overrides(synthetic_root), *REFERENCE, *SMALL_NL]
+    final = "checkpoints/checkpoint_000000008.pt"
+    eager, mixed = tmp_path / "eager", tmp_path / "mixed"
+    r = run_app("train.py", *common, f"hydra.run.dir={eager}")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    r = run_app("train.py", *common, "trainer.compile=true", "trainer.debug.kill_during_checkpoint=8",
+                f"trainer.resume={eager / 'checkpoints' / 'checkpoint_000000004.pt'}",
+                f"hydra.run.dir={mixed}", timeout=600)
+    assert r.returncode == -9, r.stderr[-3000:]
+    assert [p.name for p in (mixed / "checkpoints").glob("*.pt")] == ["checkpoint_000000006.pt"]
+    r = run_app("train.py", *common, f"hydra.run.dir={mixed}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (mixed / "train.log").read_text()
+    assert "trainer.compile: False -> True" in log and "trainer.compile: True -> False" in log
+    assert f"resumed from {mixed / 'checkpoints' / 'checkpoint_000000006.pt'} (epoch 2, step 2" in log
+
+    want, got = load_model_state(eager / final), load_model_state(mixed / final)
+    assert set(got) == set(want)  # no ``_orig_mod.`` prefix from the compiled wrapper
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
