@@ -88,8 +88,10 @@ def check_command_line(argv: list[str], config_dir: str | Path, config_name: str
                               "https://hydra.cc/docs/advanced/override_grammar/basic/") from None
     groups = [o for o in overrides if (config_dir / o.key_or_group).is_dir()]
     keys = [o for o in overrides if o not in groups and not o.key_or_group.startswith("hydra")]
+    if not keys:
+        return
     configs = [_compose(config_dir, config_name, choice) for choice in _group_choices(groups)]
-    if not keys or not configs or None in configs:  # none to check, or Hydra will say why it cannot compose
+    if not configs or None in configs:  # Hydra will say why it cannot compose them
         return
     for o in keys:
         present = any(_has_key(cfg, o.key_or_group) for cfg in configs)
