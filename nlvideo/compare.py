@@ -129,6 +129,11 @@ def find_event_dirs(paths: list[Path]) -> list[Path]:
     return found
 
 
+# The trainer's HPARAMS names (chosen so that TensorBoard's first five columns, sorted by name, include
+# model and num_nonlocal) -> the names this module uses, which older runs wrote.
+HPARAM_ALIASES = {"per_clip_gflops": "gflops", "optim_batch": "global_batch"}
+
+
 def _hparams(accumulator) -> dict[str, object]:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -142,7 +147,7 @@ def _hparams(accumulator) -> dict[str, object]:
             out = {}
             for key, value in data.session_start_info.hparams.items():
                 kind = value.WhichOneof("kind")
-                out[key] = getattr(value, kind) if kind else None
+                out[HPARAM_ALIASES.get(key, key)] = getattr(value, kind) if kind else None
             return out
     return {}
 

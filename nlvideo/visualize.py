@@ -126,31 +126,30 @@ def attention_figure(frames: np.ndarray, att: Attention, topk: int = 5, title: s
     frame_of = lambda t, grid_t: min(int((t + 0.5) * t_frames / grid_t), t_frames - 1)  # noqa: E731
     vmax = float(att.weights.max()) or 1.0
     top = np.argsort(att.weights, axis=None)[::-1][:topk]
-    fig, axes = plt.subplots(1, t_frames, figsize=(2.2 * t_frames, 2.6), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.imshow(frames[i])
-        keys_t = [t for t in range(t_keys) if frame_of(t, t_keys) == i]
-        if keys_t:
-            ax.imshow(
-                att.weights[keys_t[0]],
-                cmap="jet",
-                alpha=0.45,
-                vmin=0,
-                vmax=vmax,
-                extent=(0, w, h, 0),
-                interpolation="bilinear",
-            )
+    # Two rows of large tiles, not one long strip: TensorBoard fits an image to its card's width, and
+    # a strip of 8 frames shrank to ~240 px high, titles unreadable.
+    rows = 2 if t_frames > 4 else 1
+    cols = -(-t_frames // rows)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows + 0.6), squeeze=False)
+    axes = grid.ravel()
+    for i, ax in enumerate(axes):
         ax.set_axis_off()
-        ax.set_title(f"frame {i}", fontsize=8)
-    axes[0][frame_of(tq, tg)].plot((xq + 0.5) * w / wq, (yq + 0.5) * h / hq, "wx", markersize=14, mew=3)
+        if i >= t_frames:
+            continue
+        ax.imshow(frames[i])
+        key_t = min(i * t_keys // t_frames, t_keys - 1)  # the keys' time step covering this frame
+        ax.imshow(att.weights[key_t], cmap="jet", alpha=0.45, vmin=0, vmax=vmax, extent=(0, w, h, 0),
+                  interpolation="bilinear")
+        ax.set_title(f"frame {i} (keys t={key_t})", fontsize=13)
+    axes[frame_of(tq, tg)].plot((xq + 0.5) * w / wq, (yq + 0.5) * h / hq, "wx", markersize=18, mew=4)
     for rank, flat in enumerate(top, 1):
         t, y, x = np.unravel_index(flat, att.weights.shape)
-        ax = axes[0][frame_of(t, t_keys)]
+        ax = axes[frame_of(t, t_keys)]
         cx, cy = (x + 0.5) * w / wk, (y + 0.5) * h / hk
-        ax.plot(cx, cy, "o", mfc="none", mec="white", markersize=12, mew=2)
-        ax.annotate(str(rank), (cx, cy), color="white", fontsize=8, ha="center", va="center")
+        ax.plot(cx, cy, "o", mfc="none", mec="white", markersize=16, mew=2.5)
+        ax.annotate(str(rank), (cx, cy), color="white", fontsize=12, ha="center", va="center")
     fig.suptitle(
-        title or f"{att.block} ({att.instantiation}): query (t,y,x)={att.query}, top-{topk} keys", fontsize=9
+        title or f"{att.block} ({att.instantiation}): query (t,y,x)={att.query}, top-{topk} keys", fontsize=14
     )
     fig.tight_layout()
     return fig

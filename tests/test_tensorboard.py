@@ -62,7 +62,8 @@ def test_training_logs_gradient_norm_learning_rates_validation_loss_and_attentio
     images = acc.Images("val/attention")  # every validation, the same clip
     assert [i.step for i in images] == [2, 4]
     picture = Image.open(io.BytesIO(images[-1].encoded_image_string))
-    assert picture.size[0] > 4 * picture.size[1]  # a strip of the clip's 8 frames
+    # legible at a card's width: two rows of large tiles (a strip of 8 frames shrank to ~240 px high)
+    assert picture.size[1] >= 600 and picture.size[0] < 2 * picture.size[1], picture.size
     assert "val/attention" not in events(two_runs["c2d"]).Tags()["images"]  # no NL block, no picture
 
 
@@ -144,8 +145,34 @@ def test_tensorboard_server_shows_compared_runs_by_name_with_scalars_images_and_
 
         layout = server.json("/data/plugin/custom_scalars/layout")  # both runs' layouts, merged
         (category,) = layout["category"]
+        # a chart colours by run: train and val loss on one chart shared a colour, so each has its own
         assert [chart["title"] for chart in category["chart"]] == [
-            "train top-1 (%)", "val/top1 (%)", "loss (train, val)", "learning rate"]
+            "train top-1 (%)", "val/top1 (%)", "train loss", "val loss", "learning rate"]
+
+        # The HPARAMS page asks for 5 hparams and shows those columns: they used to be data, gflops,
+        # global_batch, instantiation and lr (sorted by name), hiding model and num_nonlocal.
+        request = urllib.request.Request(
+            f"{server.url}/data/plugin/hparams/experiment", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experimentName": "", "hparamsLimit": 5}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            shown = [info["name"] for info in json.loads(response.read())["hparamInfos"]]
+        assert {"model", "num_nonlocal"} <= set(shown) and len(shown) == 5, shown
     finally:
         server.stop()
     assert server.proc.returncode is not None
+
+
+def test_the_attention_image_has_a_heat_map_on_every_frame():
+    """With 4 key time steps for 8 frames the heat map was drawn on every other frame only."""
+    import numpy as np
+
+    from nlvideo.visualize import Attention, attention_figure
+
+    weights = np.random.default_rng(0).random((4, 6, 6))
+    att = Attention("res4.1.nonlocal", "embedded_gaussian", (1, 2, 3), (4, 6, 6), weights / weights.sum())
+    fig = attention_figure(np.zeros((8, 48, 48, 3), dtype=np.uint8), att)
+    frames = [ax for ax in fig.axes if ax.get_title()]
+    assert len(frames) == 8 and all(len(ax.images) == 2 for ax in frames)  # the frame and its heat map
+    assert [ax.get_title() for ax in frames][:3] == ["frame 0 (keys t=0)", "frame 1 (keys t=0)",
+                                                     "frame 2 (keys t=1)"]
+    assert min(ax.title.get_fontsize() for ax in frames) >= 12

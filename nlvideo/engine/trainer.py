@@ -507,12 +507,13 @@ def write_run_files(loop: Loop, state: TrainState, train_ds) -> None:
     keep_config_history(loop.run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     (loop.run_dir / "classes.json").write_text(json.dumps(list(train_ds.class_names), indent=1) + "\n")
     num_nl = int(getattr(loop.net, "num_nonlocal", 0))
-    loop.tb.hparams(
+    loop.tb.hparams(  # TensorBoard shows the first 5 names in sorted order: model and num_nonlocal first
         {"model": cfg.model.name, "num_nonlocal": num_nl,
-         "instantiation": cfg.model["nonlocal"].instantiation if num_nl else "none",
-         "params_M": stats["params"] / 1e6, "gflops": stats["gflops"], "lr": float(cfg.optim.lr),
-         "global_batch": loop.global_batch, "num_frames": int(cfg.data.num_frames),
-         "schedule": cfg.optim.schedule, "data": cfg.data.get("name", "?")},
+         "nl_instantiation": cfg.model["nonlocal"].instantiation if num_nl else "none",
+         "optim_batch": loop.global_batch, "optim_lr": float(cfg.optim.lr),
+         "optim_schedule": cfg.optim.schedule, "params_M": stats["params"] / 1e6,
+         "per_clip_gflops": stats["gflops"], "video_dataset": cfg.data.get("name", "?"),
+         "video_frames": int(cfg.data.num_frames)},
         ["val/mAP"] if loop.multi_label else ["val/top1", "val/top5"],
     )
     loop.tb.layout(comparison_layout(loop.multi_label))
@@ -523,10 +524,11 @@ def write_run_files(loop: Loop, state: TrainState, train_ds) -> None:
 
 def comparison_layout(multi_label: bool) -> dict[str, dict[str, list[str]]]:
     """TensorBoard's CUSTOM SCALARS page: the curves the paper compares (its Figure 4), every run on the
-    same charts. The SCALARS page sorts its cards by tag and opens on ``data/`` and throughput."""
+    same charts. A chart colours by run, so train and val loss get a chart each (on one chart a run's
+    two curves shared a colour)."""
     val = "val/mAP" if multi_label else "val/top1"
     charts = {"train top-1 (%)": [r"^train/top1$"]} if not multi_label else {}
-    charts.update({f"{val} (%)": [f"^{val}$"], "loss (train, val)": [r"^(train|val)/loss$"],
+    charts.update({f"{val} (%)": [f"^{val}$"], "train loss": [r"^train/loss$"], "val loss": [r"^val/loss$"],
                    "learning rate": [r"^train/lr$"]})
     return {"baseline vs non-local": charts}
 
