@@ -230,3 +230,17 @@ def test_rolling_back_sets_the_abandoned_checkpoints_aside(synthetic_root, tmp_p
     out = quick_run(synthetic_root, run_dir, "trainer.max_iters=6", "optim.lr=0.005")
     assert f"resumed from {ck.checkpoint_path(ckpts, 5)}" in out, out[-3000:]
     assert [int(i) for i, _ in LOSS.findall(out)] == [6]
+
+
+def test_roll_back_command_rerun_after_rotation_deleted_its_checkpoint_continues(synthetic_root, tmp_path):
+    """keep_last=1 deletes the roll-back's starting file once the run has gone past it: the requeued
+    command names a file that no longer exists, and continues the run instead of failing."""
+    run_dir = tmp_path / "rotated"
+    ckpts = run_dir / "checkpoints"
+    quick_run(synthetic_root, run_dir, "trainer.max_iters=3")
+    back = [f"trainer.resume={ck.checkpoint_path(ckpts, 1)}", "trainer.max_iters=3",
+            "trainer.checkpoint.keep_last=1"]
+    quick_run(synthetic_root, run_dir, *back)
+    assert names(ckpts) == [3] and not ck.checkpoint_path(ckpts, 1).exists()
+    out = quick_run(synthetic_root, run_dir, *back)
+    assert "this run was started from it before" in out and LOSS.findall(out) == [], out[-3000:]
