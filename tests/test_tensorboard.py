@@ -176,3 +176,27 @@ def test_the_attention_image_has_a_heat_map_on_every_frame():
     assert [ax.get_title() for ax in frames][:3] == ["frame 0 (keys t=0)", "frame 1 (keys t=0)",
                                                      "frame 2 (keys t=1)"]
     assert min(ax.title.get_fontsize() for ax in frames) >= 12
+
+
+def test_runs_of_the_default_layout_are_listed_by_model_and_seed(synthetic_root, tmp_path):
+    """Over outputs/train two runs of one model read 'c2d/<time>/tb' and differ only by time; the runs a
+    plain `train.py` writes are also listed in outputs/tensorboard by model, seed and time."""
+    from tests.test_train_run import REPO, tiny_overrides
+
+    for seed in (0, 1):
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), *tiny_overrides(synthetic_root),
+                            "trainer.max_iters=1", "trainer.eval_period=0", f"seed={seed}"],
+                           cwd=tmp_path, env=app_env(), text=True, capture_output=True, timeout=240)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    times = sorted(p.name for p in (tmp_path / "outputs" / "train" / "c2d").iterdir())
+    expected = [f"c2d seed=0 {times[0]}", f"c2d seed=1 {times[1]}"]
+    assert f"lists this run as '{expected[1]}'" in r.stdout
+    server = TensorBoardServer(tmp_path / "outputs" / "tensorboard")
+    try:
+        deadline = time.monotonic() + 15  # the event files load in the background
+        while sorted(server.json("/data/runs")) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(server.json("/data/runs")) == expected
+        assert "train/loss" in server.json("/data/plugin/scalars/tags")[expected[0]]
+    finally:
+        server.stop()

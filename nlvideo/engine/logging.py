@@ -3,7 +3,8 @@
 * :class:`Progress` wraps an iterable: a tqdm bar (ETA, loss, clips/s) when stdout is a terminal,
   otherwise plain ``logging`` lines every ``log_period`` iterations (cluster logs stay readable).
   ``trainer.progress`` forces ``bar``, ``lines`` or ``off``. Ranks other than 0 are silent.
-* :class:`TensorBoard` is a ``SummaryWriter`` on rank 0 and a no-op elsewhere.
+* :class:`TensorBoard` is a ``SummaryWriter`` on rank 0 and a no-op elsewhere; :func:`name_run` lists a
+  run under a readable name (``i3d_nl5 seed=0 <time>``) in ``outputs/tensorboard``.
 * :func:`write_history_row` keeps ``metrics.csv``, one row per validation, so the history of a run
   survives outside TensorBoard (a spreadsheet, pandas).
 """
@@ -186,6 +187,40 @@ class TensorBoard:
         if self._writer is not None:
             self._writer.close()
         self._writer, self.log_dir = None, None
+
+
+def tensorboard_index(run_dir: Path) -> Path | None:
+    """``outputs/tensorboard`` for a run in the default layout (``outputs/<job>/<model>/<time>``), where
+    :func:`name_run` links it; None for a run dir named on the command line or a sweep's job (their
+    layout is the user's: ``nlvideo.compare --tensorboard`` names those)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.RUN or any(o.startswith("hydra.run.dir=") for o in hydra.overrides.hydra):
+        return None
+    return run_dir.parents[2] / "tensorboard"
+
+
+def name_run(tb_dir: Path, index: Path, name: str) -> Path:
+    """Link ``index/<name>`` -> ``tb_dir`` (made atomically) and return it. TensorBoard names a run by its
+    path under ``--logdir``: over ``outputs/train`` two runs of a model read ``i3d_nl5/<time>/tb`` and
+    differ only by time; ``tensorboard --logdir outputs/tensorboard`` lists them by these names. A run
+    dir started again keeps its link; another run of the same name gets `` (2)``, `` (3)``, ..."""
+    index.mkdir(parents=True, exist_ok=True)
+    target = tb_dir.resolve()
+    base = name.replace("/", "_")
+    for n in range(1, 1000):
+        link = index / (base if n == 1 else f"{base} ({n})")
+        if link.is_symlink() and link.resolve() == target:
+            return link
+        if not link.is_symlink() and not link.exists():
+            tmp = index / f".{link.name}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target, target_is_directory=True)
+            os.replace(tmp, link)
+            return link
+    raise FileExistsError(f"{index}: 999 runs named {base!r}")
 
 
 def gpu_memory_gib(device: torch.device) -> dict[str, float]:

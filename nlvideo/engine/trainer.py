@@ -48,7 +48,9 @@ from nlvideo.engine.logging import (
     Progress,
     TensorBoard,
     gpu_memory_gib,
+    name_run,
     setup_rank_logging,
+    tensorboard_index,
     write_history_row,
 )
 from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, restore_schedule
@@ -517,6 +519,10 @@ def write_run_files(loop: Loop, state: TrainState, train_ds) -> None:
         ["val/mAP"] if loop.multi_label else ["val/top1", "val/top5"],
     )
     loop.tb.layout(comparison_layout(loop.multi_label))
+    index = tensorboard_index(loop.run_dir) if loop.tb.enabled else None
+    if index is not None:
+        link = name_run(Path(loop.tb.log_dir), index, f"{cfg.model.name} seed={cfg.seed} {loop.run_dir.name}")
+        log.info("tensorboard --logdir %s lists this run as '%s'", index, link.name)
     log.info("model %s: %.2fM params, %.1f GFLOPs/clip, %d non-local block(s); %d iters/epoch, "
              "%d epochs, %d iterations", cfg.model.name, stats["params"] / 1e6, stats["gflops"], num_nl,
              loop.iters_per_epoch, loop.num_epochs(state), loop.total_iters)
