@@ -36,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv(Path(__file__).resolve().parent / "configs", __doc__, KEYS)
+    prepare_argv(Path(__file__).resolve().parent / "configs", __doc__, KEYS, groups=("model", "data", "clip"))
     main()

@@ -34,5 +34,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare_argv(REPO / "configs", __doc__, KEYS)
+    prepare_argv(REPO / "configs", __doc__, KEYS, groups=())  # configs/export.yaml takes no group
     main()

@@ -30,3 +30,10 @@ def test_export_help_lists_its_main_keys():
     for key in ("checkpoint=PATH", "format=onnx|torchscript|exported_program", "out=FILE", "video=FILE",
                 "dynamic=true|false"):
         assert key in keys, r.stdout
+    assert "Config groups" not in r.stdout  # configs/export.yaml takes none
+
+
+def test_predict_help_lists_only_the_groups_it_takes():
+    r = run_app("predict.py", "--help", timeout=60)
+    groups = r.stdout.split("Config groups (name=choice):\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in groups.splitlines()] == ["clip", "data", "model"]

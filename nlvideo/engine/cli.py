@@ -17,7 +17,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,11 +46,12 @@ if not OmegaConf.has_resolver("run_model"):
     OmegaConf.register_new_resolver("run_model", run_model_name)
 
 
-def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "") -> None:
+def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "",
+                 groups: Sequence[str] | None = None) -> None:
     """Answer ``--help``/``-h``, fix ``sys.argv`` for this rank and reject a bad config-group choice,
-    all before Hydra starts."""
+    all before Hydra starts. ``groups``: the config groups the script takes (:func:`usage`)."""
     if {"--help", "-h"} & set(sys.argv[1:]):
-        print(usage(description, keys, config_dir))
+        print(usage(description, keys, config_dir, groups))
         sys.exit(0)
     sys.argv = nonzero_rank_argv(sys.argv)
     exit_on_bad_group_choice(sys.argv[1:], config_dir)
@@ -59,13 +60,17 @@ def prepare_argv(config_dir: str | Path, description: str = "", keys: str = "") 
         run_start.note_dirs_before_hydra(sys.argv[1:])
 
 
-def usage(description: str, keys: str, config_dir: str | Path) -> str:
-    """The script's description, the config groups with their choices, and its main keys (Hydra's own
-    help lists every resolved key of the composed config: ``--hydra-help`` and ``--cfg job``)."""
+def usage(description: str, keys: str, config_dir: str | Path, groups: Sequence[str] | None = None) -> str:
+    """The script's description, the config groups it takes with their choices (``groups``; None: every
+    group of ``config_dir``), and its main keys (Hydra's own help lists every resolved key of the
+    composed config: ``--hydra-help`` and ``--cfg job``)."""
     config_dir = Path(config_dir)
-    groups = sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra")
-    lines = [description.strip(), "", "Config groups (name=choice):"]
-    for g in groups:
+    found = sorted(p for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra"
+                   and (groups is None or p.name in groups))
+    lines = [description.strip()]
+    if found:
+        lines += ["", "Config groups (name=choice):"]
+    for g in found:
         lines.append(f"  {g.name:<11} " + ", ".join(sorted(p.stem for p in g.glob("*.yaml"))))
     lines += ["", "Main keys (key=value; every key: --cfg job):", keys.strip("\n"), "",
               "Hydra's own options: --hydra-help, --cfg job, -m (sweep), hydra.run.dir=DIR"]
