@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from nlvideo.data.config import choice, number, shown
 from nlvideo.data.dataset import check_data_config
 from nlvideo.engine.logging import PROGRESS_MODES
-from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS
+from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS, lr_factor_fn
 from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
 
 AMP_MODES = (None, "off", "auto", "bf16", "fp16")
@@ -305,8 +305,6 @@ def check_warmup(cfg_optim, iters_per_epoch: int, total_iters: int) -> None:
     """Refuse a warm-up that lasts the whole run (e.g. ``trainer.epochs=1`` with a 1-epoch warm-up): the
     rate would only ramp, and towards the schedule's value at the warm-up's end, which for the cosine
     schedule is its final value: the whole run would train at learning rate 0."""
-    from nlvideo.engine.optim import lr_factor_fn
-
     warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
     unit = cfg_optim.get("unit", "epoch")
     total = total_iters / iters_per_epoch if unit == "epoch" else float(total_iters)
