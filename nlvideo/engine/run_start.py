@@ -44,9 +44,17 @@ def note_dirs_before_hydra(argv: list[str]) -> None:
     for top in (Path("outputs").absolute(), Path("multirun").absolute()):
         _bounds.add(top.parent)
         level = [top] if top.is_dir() else []
-        for _ in range(3):
+        _dirs_before.update(level)
+        for _ in range(2):
+            level = [p for d in level for p in _subdirs(d)]
             _dirs_before.update(level)
-            level = [p for d in level for p in d.iterdir() if p.is_dir()]
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError:  # unreadable: its subdirectories stay unknown
+        return []
 
 
 def _made_by_this_command(path: Path) -> bool:
