@@ -557,6 +557,9 @@ def _depth_name(blocks: tuple[int, ...]) -> str:
     return f"ResNet-{depth}" if depth else f"ResNet with {list(blocks)} blocks"
 
 
+HEAD = "head.fc."  # the classifier's keys
+
+
 def _fit(ckpt: Checkpoint, key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     """``value`` shaped for the model's ``target``: 2-D kernels inflated, trailing singleton dimensions
     dropped (Caffe2's 5-D ``pred_w``, as its own loader reshapes a blob of the same size); None for a
@@ -587,9 +590,6 @@ def _fit(ckpt: Checkpoint, key: str, value: torch.Tensor, target: torch.Tensor) 
 
 def _described(value: torch.Tensor) -> str:
     return f"a 0-dim {value.dtype} scalar" if value.dim() == 0 else f"{value.dtype} {tuple(value.shape)}"
-
-
-HEAD = "head.fc."
 
 
 def _unit(key: str) -> str:
