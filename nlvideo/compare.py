@@ -134,6 +134,14 @@ def find_event_dirs(paths: list[Path]) -> list[Path]:
 HPARAM_ALIASES = {"per_clip_gflops": "gflops", "optim_batch": "global_batch"}
 
 
+# The trainer's scalar tags (grouped so that TensorBoard, which sorts by tag, shows accuracy and loss
+# first) -> the names this module uses, which older runs wrote.
+TAG_ALIASES = {"accuracy/train_top1": "train/top1", "loss/train": "train/loss", "loss/val": "val/loss",
+               "accuracy/train_epoch_top1": "train/epoch_top1", "loss/train_epoch": "train/epoch_loss",
+               "accuracy/val_top1": "val/top1", "accuracy/val_top5": "val/top5",
+               "accuracy/val_mAP": "val/mAP"}
+
+
 def _hparams(accumulator) -> dict[str, object]:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -160,7 +168,8 @@ def load_run(event_dir: Path) -> Run:
     scalars = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
-        scalars[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+        steps, values = np.array([e.step for e in events]), np.array([e.value for e in events])
+        scalars[TAG_ALIASES.get(tag, tag)] = (steps, values)
     run = Run(path=event_dir, scalars=scalars, hparams=_hparams(acc))
     run.running = held_by(run.run_dir)
     config = run_config(run.run_dir)

@@ -66,7 +66,7 @@ def one_process(synthetic_root, tmp_path_factory) -> Callable[[str], tuple[list[
 def epoch_loss(run_dir: Path) -> float:
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    return acc.Scalars("train/epoch_loss")[-1].value
+    return acc.Scalars("loss/train_epoch")[-1].value
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ def _epoch_loss(run_dir: Path) -> float:
 
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    return acc.Scalars("train/epoch_loss")[-1].value
+    return acc.Scalars("loss/train_epoch")[-1].value
 
 
 @pytest.mark.slow

@@ -186,7 +186,7 @@ def test_train_and_multiview_eval_complete_and_report_each_bad_file_once(hostile
 
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    skipped_train = [e.value for e in acc.Scalars("data/skipped_videos")]
+    skipped_train = [e.value for e in acc.Scalars("train/skipped_videos")]
     assert len(skipped_train) == 2 and all(v >= 1 for v in skipped_train)
     assert [e.value for e in acc.Scalars("val/skipped_videos")] == [8.0, 8.0]
 

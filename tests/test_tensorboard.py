@@ -42,22 +42,22 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_training_logs_gradient_norm_learning_rates_validation_loss_and_attention(two_runs):
     acc = events(two_runs["c2d_nl1"])
     tags = set(acc.Tags()["scalars"])
-    assert {"train/grad_norm", "train/lr/group0", "train/lr/group1", "val/loss", "val/top1"} <= tags
+    assert {"train/grad_norm", "train/lr/group0", "train/lr/group1", "loss/val", "accuracy/val_top1"} <= tags
     # GPU memory is logged with each logging window on CUDA only; trainer.device=auto trained on CUDA
     # exactly where this process sees a GPU.
     on_gpu = "| device cuda" in (two_runs["c2d_nl1"] / "train.log").read_text()
     assert on_gpu == torch.cuda.is_available()
     if on_gpu:
-        for tag in ("gpu/max_allocated_GiB", "gpu/reserved_GiB"):
+        for tag in ("train/gpu_max_allocated_GiB", "train/gpu_reserved_GiB"):
             assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3, 4], tag
             assert all(0 < e.value < 80 for e in acc.Scalars(tag)), tag  # GiB, not bytes
     else:
-        assert not any(t.startswith("gpu/") for t in tags)  # CPU: no GPU memory
+        assert not any(t.startswith("train/gpu_") for t in tags)  # CPU: no GPU memory
     norms = acc.Scalars("train/grad_norm")
     assert [e.step for e in norms] == [1, 2, 3, 4] and all(0 < e.value < 1e3 for e in norms)
     assert [e.value for e in acc.Scalars("train/lr/group0")] == [e.value for e in acc.Scalars("train/lr")]
-    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
-    assert all(0 < e.value < 10 for e in acc.Scalars("val/loss"))
+    assert [e.step for e in acc.Scalars("loss/val")] == [2, 4]
+    assert all(0 < e.value < 10 for e in acc.Scalars("loss/val"))
 
     images = acc.Images("val/attention")  # every validation, the same clip
     assert [i.step for i in images] == [2, 4]
@@ -71,7 +71,7 @@ def test_metrics_csv_has_one_row_per_validation(two_runs):
     rows = read_rows(two_runs["c2d_nl1"] / "metrics.csv")
     assert [(r["epoch"], r["iteration"]) for r in rows] == [("1", "2"), ("2", "4")]
     assert {"time", "train_epoch_loss", "train_epoch_top1", "val_top1", "val_loss", "best"} <= set(rows[0])
-    logged = [e.value for e in events(two_runs["c2d_nl1"]).Scalars("val/top1")]
+    logged = [e.value for e in events(two_runs["c2d_nl1"]).Scalars("accuracy/val_top1")]
     assert [float(r["val_top1"]) for r in rows] == pytest.approx(logged, abs=1e-4)
 
 
@@ -132,9 +132,15 @@ def test_tensorboard_server_shows_compared_runs_by_name_with_scalars_images_and_
         assert sorted(server.json("/data/runs")) == ["c2d", "c2d_nl1"]
         tags = server.json("/data/plugin/scalars/tags")
         for run in ("c2d", "c2d_nl1"):
-            assert {"train/top1", "train/loss", "train/grad_norm", "val/top1", "val/loss"} <= set(tags[run])
-        points = server.json("/data/plugin/scalars/scalars", run="c2d_nl1", tag="val/top1")
-        logged = events(two_runs["c2d_nl1"]).Scalars("val/top1")
+            assert {"accuracy/train_top1", "loss/train", "train/grad_norm", "accuracy/val_top1",
+                    "loss/val"} <= set(tags[run])
+            # TensorBoard sorts cards by tag: accuracy and loss first (they followed data/skipped_videos
+            # and throughput)
+            groups = [t.split("/")[0] for t in sorted(tags[run])]
+            heads = [g for g in groups if g in ("accuracy", "loss")]
+            assert groups[:len(heads)] == heads and len(heads) >= 5, groups
+        points = server.json("/data/plugin/scalars/scalars", run="c2d_nl1", tag="accuracy/val_top1")
+        logged = events(two_runs["c2d_nl1"]).Scalars("accuracy/val_top1")
         assert [(step, value) for _, step, value in points] == [(e.step, e.value) for e in logged]
 
         assert list(server.json("/data/plugin/images/tags")) == ["c2d_nl1"]  # c2d has no NL block
@@ -197,6 +203,6 @@ def test_runs_of_the_default_layout_are_listed_by_model_and_seed(synthetic_root,
         while sorted(server.json("/data/runs")) != expected and time.monotonic() < deadline:
             time.sleep(0.2)
         assert sorted(server.json("/data/runs")) == expected
-        assert "train/loss" in server.json("/data/plugin/scalars/tags")[expected[0]]
+        assert "loss/train" in server.json("/data/plugin/scalars/tags")[expected[0]]
     finally:
         server.stop()

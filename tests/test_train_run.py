@@ -77,12 +77,12 @@ def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run, sy
     acc = EventAccumulator(str(d / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/top1", "train/lr", "train/clips_per_s", "train/data_time_frac",
-            "val/top1", "data/skipped_videos"} <= tags
+    assert {"loss/train", "accuracy/train_top1", "train/lr", "train/clips_per_s", "train/data_time_frac",
+            "accuracy/val_top1", "train/skipped_videos"} <= tags
     assert "val/top5" not in tags  # 4 classes: top-5 would always be 100
-    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
-    assert [e.step for e in acc.Scalars("val/top1")] == [4, 8]
-    assert all(0 <= e.value <= 100 for e in acc.Scalars("val/top1"))
+    assert [e.step for e in acc.Scalars("loss/train")] == list(range(1, 9))
+    assert [e.step for e in acc.Scalars("accuracy/val_top1")] == [4, 8]
+    assert all(0 <= e.value <= 100 for e in acc.Scalars("accuracy/val_top1"))
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs == sorted(lrs, reverse=True) and lrs[0] > 0  # cosine decay
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")

@@ -230,7 +230,8 @@ def gpu_memory_gib(device: torch.device) -> dict[str, float]:
         return {}
     peak = torch.cuda.max_memory_allocated(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
-    return {"gpu/max_allocated_GiB": peak, "gpu/reserved_GiB": torch.cuda.memory_reserved(device) / 2**30}
+    return {"train/gpu_max_allocated_GiB": peak,
+            "train/gpu_reserved_GiB": torch.cuda.memory_reserved(device) / 2**30}
 
 
 def write_history_row(path: Path, row: dict[str, Any]) -> None:

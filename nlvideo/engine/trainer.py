@@ -516,7 +516,7 @@ def write_run_files(loop: Loop, state: TrainState, train_ds) -> None:
          "optim_schedule": cfg.optim.schedule, "params_M": stats["params"] / 1e6,
          "per_clip_gflops": stats["gflops"], "video_dataset": cfg.data.get("name", "?"),
          "video_frames": int(cfg.data.num_frames)},
-        ["val/mAP"] if loop.multi_label else ["val/top1", "val/top5"],
+        [val_tag("mAP")] if loop.multi_label else [val_tag("top1"), val_tag("top5")],
     )
     loop.tb.layout(comparison_layout(loop.multi_label))
     index = tensorboard_index(loop.run_dir) if loop.tb.enabled else None
@@ -532,11 +532,20 @@ def comparison_layout(multi_label: bool) -> dict[str, dict[str, list[str]]]:
     """TensorBoard's CUSTOM SCALARS page: the curves the paper compares (its Figure 4), every run on the
     same charts. A chart colours by run, so train and val loss get a chart each (on one chart a run's
     two curves shared a colour)."""
-    val = "val/mAP" if multi_label else "val/top1"
-    charts = {"train top-1 (%)": [r"^train/top1$"]} if not multi_label else {}
-    charts.update({f"{val} (%)": [f"^{val}$"], "train loss": [r"^train/loss$"], "val loss": [r"^val/loss$"],
-                   "learning rate": [r"^train/lr$"]})
+    val = "mAP" if multi_label else "top1"
+    charts = {"train top-1 (%)": [r"^accuracy/train_top1$"]} if not multi_label else {}
+    charts.update({f"val/{val} (%)": [f"^{val_tag(val)}$"], "train loss": [r"^loss/train$"],
+                   "val loss": [r"^loss/val$"], "learning rate": [r"^train/lr$"]})
     return {"baseline vs non-local": charts}
+
+
+def val_tag(metric: str) -> str:
+    """The TensorBoard tag of a validation metric. TensorBoard sorts cards by tag: accuracy and loss
+    (``accuracy/train_top1``, ``accuracy/val_top1``, ``loss/train``, ``loss/val``) come first, then the
+    ``train/`` (learning rate, gradient norm, throughput, skipped videos, GPU memory) and ``val/`` ones."""
+    if metric == "loss":
+        return "loss/val"
+    return f"accuracy/val_{metric}" if metric in ("top1", "top5", "mAP") else f"val/{metric}"
 
 
 def keep_config_history(path: Path, text: str) -> None:
@@ -804,11 +813,11 @@ def log_window(loop: Loop, window: Meter, lrs: list[float], grad_norms: list[tor
     skipped left out) and, on CUDA, the peak memory since the previous window."""
     if not loop.tb.enabled:
         return
-    scalars = {"train/loss": window.loss / window.n, "train/lr": lrs[0],
+    scalars = {"loss/train": window.loss / window.n, "train/lr": lrs[0],
                "train/clips_per_s": window.n / max(window.time, 1e-9),
                "train/data_time_frac": window.data_time / max(window.time, 1e-9)}
     if not loop.multi_label:
-        scalars["train/top1"] = 100.0 * window.correct / window.n
+        scalars["accuracy/train_top1"] = 100.0 * window.correct / window.n
     scalars.update({f"train/lr/group{i}": lr for i, lr in enumerate(lrs)})
     finite = [n for n in torch.stack(grad_norms).tolist() if math.isfinite(n)]
     if finite:
@@ -821,13 +830,15 @@ def log_epoch(loop: Loop, state: TrainState, run_eta: str = "") -> None:
     """The epoch's totals (carried through mid-epoch checkpoints, so a resumed epoch counts whole) and
     the whole run's ETA (:class:`RunEta`)."""
     total = state.epoch_sum
-    summary = {f"train/{k}": v for k, v in epoch_totals(loop, total).items()}
-    summary["data/skipped_videos"] = int(total.skipped)
+    totals = epoch_totals(loop, total)
+    summary = {"loss/train_epoch": totals["epoch_loss"], "train/skipped_videos": int(total.skipped)}
+    if "epoch_top1" in totals:
+        summary["accuracy/train_epoch_top1"] = totals["epoch_top1"]
     loop.tb.scalars(summary, state.iteration)
-    top1 = "" if loop.multi_label else f"  top1 {summary['train/epoch_top1']:.2f}"
+    top1 = "" if loop.multi_label else f"  top1 {totals['epoch_top1']:.2f}"
     log.info("epoch %d/%d done: iteration %d  clips %d  loss %.4f%s  skipped videos %d (unreadable reads "
              "replaced this epoch; %d distinct unreadable video(s) so far)%s", state.epoch + 1,
-             loop.num_epochs(state), state.iteration, int(total.n), summary["train/epoch_loss"], top1,
+             loop.num_epochs(state), state.iteration, int(total.n), totals["epoch_loss"], top1,
              int(total.skipped), loop.bad_videos.count, f"  {run_eta}" if run_eta else "")
 
 
@@ -859,7 +870,7 @@ def validate(loop: Loop, state: TrainState, val, train_sampler, train_loader) ->
         log.error("validation scored no video (%d unreadable): no val/%s this epoch", agg.num_failed,
                   "mAP" if loop.multi_label else "top1")
     metrics["skipped_videos"] = float(agg.num_failed)
-    loop.tb.scalars({f"val/{k}": v for k, v in metrics.items()}, state.iteration)
+    loop.tb.scalars({val_tag(k): v for k, v in metrics.items()}, state.iteration)
     log_attention(loop, val_ds, state.iteration)
     key = "mAP" if loop.multi_label else "top1"
     if key in metrics and (state.best is None or metrics[key] > state.best):
