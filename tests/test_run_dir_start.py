@@ -42,8 +42,10 @@ def test_a_refused_start_leaves_no_run_dir(tmp_path, script, overrides, message)
     assert_refused(run(tmp_path, script, *overrides), message)
     assert tree(tmp_path) == {"outputs": None, "outputs/train": None, "outputs/train/earlier": None}
     if script == "train.py" and overrides == ["data=kinetics400"]:  # a named dir: its new parents go too
-        assert_refused(run(tmp_path, script, *overrides, "hydra.run.dir=runs/a/b"), message)
-        assert tree(tmp_path) == {"outputs": None, "outputs/train": None, "outputs/train/earlier": None}
+        (tmp_path / "mine").mkdir()  # an empty directory of the user's stays
+        assert_refused(run(tmp_path, script, *overrides, "hydra.run.dir=mine/a/b"), message)
+        assert tree(tmp_path) == {"mine": None, "outputs": None, "outputs/train": None,
+                                  "outputs/train/earlier": None}
 
 
 def test_a_refused_resume_leaves_the_run_dir_byte_identical(synthetic_root, tmp_path):

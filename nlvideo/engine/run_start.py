@@ -40,7 +40,9 @@ def note_dirs_before_hydra(argv: list[str]) -> None:
     for arg in argv:
         if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
             path = Path(arg.split("=", 1)[1]).absolute()
-            _bounds.add(next(p for p in path.parents if p.is_dir()))
+            existing = [p for p in path.parents if p.is_dir()]
+            _dirs_before.update(existing)
+            _bounds.add(existing[0])
     for top in (Path("outputs").absolute(), Path("multirun").absolute()):
         _bounds.add(top.parent)
         level = [top] if top.is_dir() else []
