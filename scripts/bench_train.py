@@ -22,8 +22,14 @@ peak is an 8192² matmul (4096² on CPU).
 
 ``--threads`` sets ``torch.set_num_threads`` in each worker (default: torch's own choice, one
 thread per core); ratios are computed between rows of the same variant and thread count.
-``compile`` is ``torch.compile`` (inductor) on the channels-last-3d model, ``bf16_compile`` the same
-under bf16 autocast; compilation happens in the untimed warm-up steps (``--warmup`` >= 1, the default).
+A variant is ``+``-joined options (:func:`parse_variant`): ``fp32`` or ``bf16`` (autocast), ``cl``
+(channels-last-3d, as train.py runs), ``compile`` (``torch.compile``, inductor), ``autotune`` (compile
+with ``max-autotune-no-cudagraphs``), ``cudagraphs`` (compile with ``reduce-overhead``: CUDA graphs),
+``foreach`` / ``fused`` (the SGD implementation; the default is torch's choice), ``naive`` /
+``efficient`` (``model.nonlocal.impl``; default ``auto``). The older names stay: ``channels_last`` is
+``fp32+cl``, ``bf16_channels_last`` ``bf16+cl``, ``compile`` ``fp32+cl+compile``, ``bf16_compile``
+``bf16+cl+compile``. Compilation happens in the untimed warm-up steps (``--warmup`` >= 1, the
+default), whose time is the ``warm-up s`` column.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -41,18 +48,53 @@ import nlvideo  # noqa: F401
 from nlvideo.engine.config import resolve_device
 from nlvideo.models import to_channels_last_3d
 
-VARIANTS = ("fp32", "channels_last", "bf16", "bf16_channels_last", "compile", "bf16_compile")
 MODELS = ("c2d", "i3d", "i3d_nl5", "ptv_i3d")
+ALIASES = {"channels_last": "fp32+cl", "bf16_channels_last": "bf16+cl", "compile": "fp32+cl+compile",
+           "bf16_compile": "bf16+cl+compile"}
+COMPILE_MODES = {"compile": "default", "autotune": "max-autotune-no-cudagraphs",
+                 "cudagraphs": "reduce-overhead"}
+OPTIONS = {"fp32", "bf16", "cl", "foreach", "fused", "naive", "efficient", *COMPILE_MODES}
 
 
-def build(name: str) -> torch.nn.Module:
+@dataclass(frozen=True)
+class Variant:
+    bf16: bool = False
+    channels_last: bool = False
+    compile_mode: str | None = None  # torch.compile's mode; None: eager
+    optimizer: str | None = None  # "foreach" | "fused" | None (torch's choice)
+    nl_impl: str = "auto"
+
+
+def parse_variant(text: str) -> Variant:
+    """``bf16+cl+autotune`` -> Variant(bf16=True, channels_last=True, compile_mode=...); one line
+    naming the option when it is unknown or when two options of one kind are given."""
+    opts = ALIASES.get(text, text).split("+")
+    if bad := [o for o in opts if o not in OPTIONS]:
+        raise argparse.ArgumentTypeError(f"variant {text!r}: unknown option(s) {', '.join(bad)}; "
+                                         f"options: {', '.join(sorted(OPTIONS))} joined by '+'")
+    for kind in ({"fp32", "bf16"}, set(COMPILE_MODES), {"foreach", "fused"}, {"naive", "efficient"}):
+        if len(kind & set(opts)) > 1:
+            raise argparse.ArgumentTypeError(f"variant {text!r}: choose one of {', '.join(sorted(kind))}")
+    compiled = [o for o in opts if o in COMPILE_MODES]
+    return Variant(bf16="bf16" in opts, channels_last="cl" in opts,
+                   compile_mode=COMPILE_MODES[compiled[0]] if compiled else None,
+                   optimizer=next((o for o in opts if o in ("foreach", "fused")), None),
+                   nl_impl=next((o for o in opts if o in ("naive", "efficient")), "auto"))
+
+
+def variant_arg(text: str) -> str:
+    parse_variant(text)
+    return text
+
+
+def build(name: str, nl_impl: str = "auto") -> torch.nn.Module:
     if name == "ptv_i3d":
         from pytorchvideo.models.hub import i3d_r50
 
         return i3d_r50(pretrained=False)
     from nlvideo.factory import create_model
 
-    return create_model(name, num_classes=400)
+    return create_model(name, num_classes=400, nonlocal_={"impl": nl_impl})
 
 
 def rss_peak_mib() -> float:
@@ -63,25 +105,27 @@ def worker(
     name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int, threads: int,
     device: torch.device,
 ) -> dict:
-    """One configuration: returns clips/s and the peak memory a training step adds."""
+    """One configuration: returns clips/s, the warm-up time and the peak memory a training step adds."""
     from nlvideo.models.stats import count_macs, count_params
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
+    v = parse_variant(variant)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # as train.py, unless trainer.deterministic
-    model = build(name)
+    model = build(name, v.nl_impl)
     params, macs = count_params(model), count_macs(model, (1, 3, frames, size, size))
     model = model.to(device).train()
     x = torch.randn(batch, 3, frames, size, size, device=device)
     y = torch.randint(0, 400, (batch,), device=device)
-    if variant != "fp32" and variant != "bf16":  # every other variant is channels-last
+    if v.channels_last:
         model = to_channels_last_3d(model)  # as train.py does it
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    step_model = torch.compile(model, dynamic=False) if variant.endswith("compile") else model
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
+    impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(v.optimizer or "", {})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, **impl)
+    step_model = torch.compile(model, mode=v.compile_mode, dynamic=False) if v.compile_mode else model
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=v.bf16)
 
     def step() -> None:
         with amp:
@@ -94,10 +138,12 @@ def worker(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
+    start = time.perf_counter()
     for _ in range(warmup):
         step()
     if cuda:
         torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -111,6 +157,7 @@ def worker(
         "params": params,
         "gmacs": macs / 1e9,
         "step_s": seconds,
+        "warmup_s": warmup_s,
         "clips_s": batch / seconds,
         "peak_mib": peak - base,
         "gflops_s": macs * 2 * 3 * batch / seconds / 1e9,
@@ -121,13 +168,16 @@ def thread_label(threads: int) -> str:
     return f"{threads} thr" if threads else "default thr"
 
 
-def gemm_size(device: torch.device) -> int:
-    """The matmul whose rate is the peak: 8192² keeps a GPU busy, 4096² takes a CPU long enough."""
-    return 8192 if device.type == "cuda" else 4096
+def gemm_size(device: torch.device, dtype: torch.dtype) -> int:
+    """The matmul whose rate is the peak: 8192² keeps a GPU busy, 4096² takes a CPU long enough; a
+    CPU without native bf16 takes minutes for a 4096² bf16 matmul, 1024² is enough there."""
+    if device.type == "cuda":
+        return 8192
+    return 1024 if dtype == torch.bfloat16 else 4096
 
 
 def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, reps: int = 5) -> float:
-    n = gemm_size(device)
+    n = gemm_size(device, dtype)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
 
@@ -192,7 +242,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "bf16"], choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "bf16"], type=variant_arg,
+                        help="'+'-joined options (see above), e.g. bf16+cl+autotune")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -230,18 +281,19 @@ def main() -> None:
         r["config"] = f"{r['variant']}, {thread_label(r['threads'])}" if several else r["variant"]
     ref = {r["config"]: r for r in rows if r["model"] == "ptv_i3d" and "error" not in r}
     ours_i3d = {r["config"]: r for r in rows if r["model"] == "i3d" and "error" not in r}
-    print("| model | variant | params | GMACs/clip | step s | clips/s | vs PyTorchVideo i3d | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | variant | params | GMACs/clip | step s | clips/s | vs PyTorchVideo i3d | peak MiB "
+          "| warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {r['config']} | error: {r['error']} |||||")
+            print(f"| {r['model']} | {r['config']} | error: {r['error']} ||||||")
             continue
         peer = ref.get(r["config"])
         ratio = f"{r['clips_s'] / peer['clips_s']:.2f}x" if peer else "—"
         worst = f" ({r['worst_step_s']:.2f})" if args.rounds > 1 else ""
         print(
             f"| {r['model']} | {r['config']} | {r['params']:,} | {r['gmacs']:.1f} | {r['step_s']:.2f}{worst} "
-            f"| {r['clips_s']:.2f} | {ratio} | {r['peak_mib']:.0f} |"
+            f"| {r['clips_s']:.2f} | {ratio} | {r['peak_mib']:.0f} | {r['warmup_s']:.1f} |"
         )
 
     print("\nNL overhead (i3d_nl5 vs i3d, same variant): measured time ratio vs FLOP ratio")
@@ -253,9 +305,9 @@ def main() -> None:
                 f"| {r['config']} | {r['step_s'] / base['step_s']:.2f} | {r['gmacs'] / base['gmacs']:.2f} |"
             )
 
-    # Only the dtypes that were run: on CPUs without native bf16 a 4096² bf16 matmul takes minutes.
-    # One peak per thread count, measured with the same torch.set_num_threads as the rows it rates.
-    bf16 = any(v.startswith("bf16") for v in args.variants)
+    # Only the dtypes that were run. One peak per thread count, measured with the same
+    # torch.set_num_threads as the rows it rates.
+    bf16 = any(parse_variant(v).bf16 for v in args.variants)
     dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if bf16 else {})}
     default_threads = torch.get_num_threads()
     peaks = {}
@@ -264,13 +316,13 @@ def main() -> None:
         for name, dtype in dtypes.items():
             peaks[name, t] = gemm_peak_gflops(dtype, dev)
     torch.set_num_threads(default_threads)
-    measured = ", ".join(f"{k} {thread_label(t)} {v:.0f} GFLOP/s" for (k, t), v in peaks.items())
-    n = gemm_size(dev)
-    print(f"\nMachine GEMM peak ({n}² matmul): {measured}")
+    measured = ", ".join(f"{k} ({gemm_size(dev, dtypes[k])}²) {thread_label(t)} {v:.0f} GFLOP/s"
+                         for (k, t), v in peaks.items())
+    print(f"\nMachine GEMM peak (square matmul): {measured}")
     print("| model | variant | achieved GFLOP/s | % of GEMM peak |\n|---|---|---|---|")
     for r in rows:
         if "error" not in r:
-            peak = peaks["bf16" if r["variant"].startswith("bf16") else "fp32", r["threads"]]
+            peak = peaks["bf16" if parse_variant(r["variant"]).bf16 else "fp32", r["threads"]]
             print(
                 f"| {r['model']} | {r['config']} | {r['gflops_s']:.0f} | {100 * r['gflops_s'] / peak:.0f}% |"
             )
