@@ -40,6 +40,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,22 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                  bf16: bool) -> Callable[[], None]:
+    """One SGD step on (x, y), under bf16 autocast when ``bf16``: the step every row times
+    (``profile_step.py`` profiles the same one)."""
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def step() -> None:
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def worker(
     name: str, variant: str, batch: int, frames: int, size: int, steps: int, warmup: int, threads: int,
     device: torch.device,
@@ -125,14 +142,7 @@ def worker(
     impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(v.optimizer or "", {})
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, **impl)
     step_model = torch.compile(model, mode=v.compile_mode, dynamic=False) if v.compile_mode else model
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=v.bf16)
-
-    def step() -> None:
-        with amp:
-            loss = torch.nn.functional.cross_entropy(step_model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = training_step(step_model, x, y, opt, v.bf16)
 
     base = rss_peak_mib()
     if cuda:

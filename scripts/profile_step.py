@@ -22,6 +22,7 @@ import re
 from collections import defaultdict
 
 import torch
+from bench_train import training_step  # the step bench_train.py times (scripts/ is on sys.path)
 from torch.profiler import ProfilerActivity, profile
 
 import nlvideo  # noqa: F401
@@ -43,19 +44,6 @@ GROUPS: tuple[tuple[str, str], ...] = (
 def group_of(kernel: str) -> str:
     name = kernel.lower()
     return next((group for group, pattern in GROUPS if re.search(pattern, name)), "other")
-
-
-def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def kernel_times(step, device: torch.device, steps: int) -> dict[str, float]:
@@ -122,7 +110,8 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(0, 400, (args.batch,), device=device)
-    step = training_step(model, x, y, args.precision == "bf16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    step = training_step(model, x, y, opt, args.precision == "bf16")
     for _ in range(args.warmup):
         step()
     times = kernel_times(step, device, args.steps)
