@@ -28,6 +28,13 @@ eval.py do (once per run over all loader workers and ranks, see :mod:`nlvideo.en
 Returned item: ``clip`` float32 (3, T, H, W); ``label`` int64 scalar, or float32 multi-hot (K,) for
 multi-label data; ``video_index``/``view_index`` int64; ``valid`` bool; ``failures`` list.
 
+Repeated clips (``data.clips_per_video`` k > 1, ``train`` only): item ``i`` is k clips of video ``i``
+from one decode (:func:`read_clips`), each with its own start, scale, crop and flip: ``clip`` (k, 3, T,
+H, W) and per clip ``label`` (k,) or (k, K) (Charades: each clip's actions in its own time span),
+``video_index``, ``view_index`` (the clip's number 0..k-1) and ``valid``, all (k,). A bad video is
+replaced as above, the replacement giving all k clips. :func:`~nlvideo.data.loader.collate_clip_groups`
+turns a batch of them into a batch of single clips.
+
 Whole videos: :class:`WholeVideos` (``val``/``test``; what eval.py loads) has one item per video,
 all its views from one decode (:func:`read_views`: each frame that any of its clips needs decoded
 once, in one ``get_batch`` call), stacked as ``clip`` (V, 3, T, H, W) with ``view_index``/``valid``
@@ -90,6 +97,8 @@ class ClipSpec:
     # False decodes them at full size and leaves the whole resize to the transforms: the path before,
     # which scripts/bench_decode_memory.py and tests/test_data_decode_size.py compare against.
     scale_on_decode: bool = True
+    # Training clips per decoded video (data.clips_per_video; evaluation specs have 1): read_clips.
+    clips_per_video: int = 1
 
 
 def read_clip(
@@ -122,6 +131,38 @@ def read_clip(
     else:
         clip = test_transform(frames, spec.min_scale, crop, view % spec.num_crops, spec.num_crops, mean, std)
     return clip, idx, video.fps
+
+
+def read_clips(spec: ClipSpec, path: str, rng: random.Random) -> tuple[torch.Tensor, list[list[int]], float]:
+    """``spec.clips_per_video`` training clips of the video at ``path`` from one decode, for when decoding
+    costs more than the rest of a clip (large or long-GOP videos): the video opened once (frames at the
+    decode-time size of :func:`_open`), each clip's frame indices drawn from ``rng``
+    (:func:`~nlvideo.data.sampling.train_clip_indices`), their union decoded in one ``get_batch`` call,
+    each frame once (:func:`~nlvideo.data.sampling.union_indices`), then each clip gathered from those
+    frames and given its own scale, crop and flip, drawn from ``rng`` in clip order, by
+    :func:`~nlvideo.data.transforms.train_transform` as :func:`read_clip` gives one. That transform
+    resizes only the crop box of each clip (``resized_crop``), so there is no whole-frame resize for the
+    clips to share.
+
+    Returns the clips (k, 3, T, H, W), each clip's frame indices and the video's fps. Raises
+    :class:`DecodeError` for an unreadable video."""
+    if not spec.train:
+        raise ValueError("read_clips: repeated clips are training clips; evaluation reads views")
+    video = _open(spec, path)
+    try:
+        stride = frame_stride(spec.sampling_rate, video.fps, spec.target_fps)
+        clips = [train_clip_indices(video.num_frames, spec.num_frames, stride, rng)
+                 for _ in range(spec.clips_per_video)]
+        union, positions = union_indices(clips)
+        frames = video.get_batch(union)
+    finally:
+        video.close()
+    crop = spec.crop_size
+    out = torch.empty(len(clips), 3, spec.num_frames, crop, crop)  # every clip written
+    for clip, pos in zip(out, positions, strict=True):
+        train_transform(frames[pos], rng, spec.min_scale, spec.max_scale, crop, spec.mean, spec.std,
+                        spec.hflip, video.native_size, out=clip)
+    return out, clips, video.fps
 
 
 def _open(spec: ClipSpec, path: str) -> DecordVideo | PyAVVideo:
@@ -236,6 +277,9 @@ class VideoDataset(Dataset):
         self.multi_label = multi_label
         self.num_videos = len(self.records)
         self.num_views = spec.num_clips * spec.num_crops
+        # Clips an item holds (data.clips_per_video for train, else 1): build_loader batches
+        # batch_size / clips_per_item items and flattens them into clips.
+        self.clips_per_item = spec.clips_per_video
         self.report_failures = True  # warn once per path and process (off when the caller reports)
 
     def __len__(self) -> int:
@@ -256,12 +300,19 @@ class VideoDataset(Dataset):
         return torch.tensor(labels[0], dtype=torch.int64)
 
     def _load(self, rec: ann.VideoRecord, view: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item's clip and target: one clip (3, T, H, W), or the ``clips_per_item`` clips of
+        :func:`read_clips` (k, 3, T, H, W) with one target per clip (k,) / (k, K)."""
+        if self.clips_per_item > 1:
+            clips, indices, fps = read_clips(self.spec, rec.path, rng)
+            return clips, torch.stack([self._clip_target(rec, idx, fps) for idx in indices])
         clip, idx, fps = read_clip(self.spec, rec.path, view, rng)
+        return clip, self._clip_target(rec, idx, fps)
+
+    def _clip_target(self, rec: ann.VideoRecord, idx: Sequence[int], fps: float) -> torch.Tensor:
+        """A clip's target: multi-label training clips get the actions of their own time span."""
         if self.multi_label and self.split == "train" and fps > 0:
-            labels = rec.labels_in_span(idx[0] / fps, (idx[-1] + 1) / fps)
-        else:
-            labels = rec.video_labels
-        return clip, self._target(labels)
+            return self._target(rec.labels_in_span(idx[0] / fps, (idx[-1] + 1) / fps))
+        return self._target(rec.video_labels)
 
     def video_item(self, video_index: int) -> dict[str, Any]:
         """Every view of video ``video_index`` from one decode (:func:`read_views`; ``val``/``test``):
@@ -319,7 +370,7 @@ class VideoDataset(Dataset):
                     f"(data.max_retries={self.spec.max_retries}): {paths}"
                 )
             video_index = rng.randrange(self.num_videos)
-        return {
+        item = {
             "clip": clip,
             "label": label,
             "video_index": torch.tensor(video_index, dtype=torch.int64),
@@ -327,6 +378,11 @@ class VideoDataset(Dataset):
             "valid": torch.tensor(valid),
             "failures": failures,
         }
+        if self.clips_per_item > 1:  # one entry per clip, the clip's number as its view index
+            k = self.clips_per_item
+            item.update(video_index=item["video_index"].repeat(k), view_index=torch.arange(k),
+                        valid=item["valid"].repeat(k))
+        return item
 
 
 class WholeVideos(Dataset):
@@ -410,6 +466,14 @@ def _scales(cfg: Mapping) -> tuple[int, int]:
     return int(scales[0]), int(scales[1])
 
 
+def clips_per_video(cfg: Mapping) -> int:
+    """``data.clips_per_video``: training clips per decoded video, an integer >= 1. Configs saved before
+    the key existed (in checkpoints, read back by predict.py and export) lack it, which means 1."""
+    if "clips_per_video" not in cfg:
+        return 1
+    return number(cfg, "clips_per_video", integer=True, at_least=1)
+
+
 def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
     """The :class:`ClipSpec` of ``split`` from the ``data`` config, every value checked (one-line
     ``ValueError`` naming the key; nothing is read from disk, so ``validate_config`` runs it first).
@@ -417,7 +481,8 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
     Every value comes from the config (see :mod:`nlvideo.data.config`: the yaml holds the defaults).
     The evaluation views default to PySlowFast's: ``val`` at ``train_jitter_scales[0]`` /
     ``train_crop_size``, ``test`` at ``test_scale`` / ``test_crop_size``; ``data.<split>.scale`` and
-    ``data.<split>.crop_size`` (absent from the yamls) override them when given.
+    ``data.<split>.crop_size`` (absent from the yamls) override them when given. Only ``train`` reads
+    ``data.clips_per_video``.
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; expected one of {SPLITS}")
@@ -445,6 +510,7 @@ def clip_spec(cfg: Mapping, split: str) -> ClipSpec:
             crop_size=train_crop,
             num_clips=1,
             num_crops=1,
+            clips_per_video=clips_per_video(cfg),
             **common,
         )
     views, where = require(cfg, split), f"data.{split}"

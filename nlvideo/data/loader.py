@@ -1,5 +1,6 @@
 """DataLoader construction: workers, pinned memory, persistent workers, seeding, collate; the views of
-whole-video batches regrouped into model batches (:func:`regroup_views`).
+whole-video batches regrouped into model batches (:func:`regroup_views`); items of several training
+clips (``data.clips_per_video``) flattened into batches of clips (:func:`collate_clip_groups`).
 
 The sampler (normally :class:`~nlvideo.data.sampler.ClipSampler`) runs in the main process, so
 ``sampler.set_epoch`` works with persistent workers. Augmentation randomness comes from the
@@ -35,6 +36,25 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = torch.stack([item[key] for item in items])
     return out
+
+
+def collate_clip_groups(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items of k training clips each (``clip`` (k, 3, T, H, W) and every other tensor (k, ...):
+    ``data.clips_per_video``) as one batch of their clips, each item's k clips adjacent: ``clip`` (B, 3,
+    T, H, W) with B = items x k, what a batch of single clips is, so the training step and the model see
+    no difference. ``failures`` concatenated."""
+    return {key: [f for item in items for f in item[key]] if key == "failures"
+            else torch.cat([item[key] for item in items]) for key in items[0]}
+
+
+def videos_per_step(batch_size: int, clips_per_video: int) -> int:
+    """Items (videos) in a training batch of ``batch_size`` clips, ``clips_per_video`` from each; a
+    ``ValueError`` naming both keys when the clips do not divide evenly."""
+    if batch_size % clips_per_video:
+        raise ValueError(f"data.batch_size={batch_size} is not a multiple of data.clips_per_video="
+                         f"{clips_per_video}: a step holds batch_size / clips_per_video videos of "
+                         "clips_per_video clips each")
+    return batch_size // clips_per_video
 
 
 PER_VIEW = ("clip", "view_index", "valid")  # keys with one entry per view in a batch of whole videos
@@ -124,9 +144,12 @@ def build_loader(
     ``num_workers`` defaults to ``data.num_workers``. A dataset of whole videos (``views_per_item`` V
     views an item: :class:`~nlvideo.data.dataset.WholeVideos`) is batched ``max(1, batch_size // V)``
     videos at a time, and the loader's ``views_per_batch`` (``batch_size``; None for other datasets) is
-    the model batch that the evaluation regroups their views into (:func:`regroup_views`).
+    the model batch that the evaluation regroups their views into (:func:`regroup_views`). A dataset of
+    k clips an item (``clips_per_item`` > 1: ``data.clips_per_video``) is batched ``batch_size / k``
+    items at a time, collated into ``batch_size`` clips (:func:`collate_clip_groups`).
     """
     views = getattr(dataset, "views_per_item", None)
+    clips = getattr(dataset, "clips_per_item", 1)
     kwargs = loader_options(cfg)
     if num_workers is not None:
         kwargs["num_workers"] = num_workers
@@ -136,12 +159,13 @@ def build_loader(
         del kwargs["persistent_workers"], kwargs["prefetch_factor"]
     else:
         kwargs["worker_init_fn"] = seed_worker
+    items = videos_per_step(batch_size, clips) if views is None else max(1, batch_size // views)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size if views is None else max(1, batch_size // views),
+        batch_size=items,
         sampler=sampler,
         drop_last=drop_last,
-        collate_fn=collate_clips,
+        collate_fn=collate_clips if clips == 1 else collate_clip_groups,
         generator=torch.Generator().manual_seed(int(getattr(sampler, "seed", 0))),
         **kwargs,
     )

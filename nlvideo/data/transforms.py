@@ -85,10 +85,13 @@ def train_transform(
     std: float | Sequence[float],
     hflip: bool = True,
     native_size: tuple[int, int] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``native_size``: ``(H, W)`` of the video when ``frames`` were decoded smaller (at the largest
     scale, :mod:`nlvideo.data.decode`): scale, crop box and flip are drawn on the native size, exactly
-    as for native frames, and the box is then mapped to the decoded pixels."""
+    as for native frames, and the box is then mapped to the decoded pixels. ``out``: a float32
+    ``(3, T, crop, crop)`` tensor to write the clip into (the same values; one copy less when several
+    clips of a video are stacked)."""
     if not crop_size <= min_scale <= max_scale:
         raise ValueError(
             f"need crop_size <= min_scale <= max_scale, got {crop_size}, {min_scale}, {max_scale}"
@@ -109,7 +112,7 @@ def train_transform(
         x = F.resized_crop(x, y0, x0, box_h, box_w, [crop_size, crop_size], antialias=True)
     if hflip and rng.random() < 0.5:
         x = F.horizontal_flip(x)
-    return _finish(x, mean, std)
+    return _finish(x, mean, std, out)
 
 
 def crop_offsets(h: int, w: int, crop_size: int, crop_idx: int, num_crops: int) -> tuple[int, int]:

@@ -157,6 +157,9 @@ def train(cfg: DictConfig) -> int:
 
         # Data first: num_classes and multi_label come from the dataset itself.
         train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
+        if train_ds.clips_per_item > 1:
+            log.info("data.clips_per_video=%d: %d clips per video, %d videos per step per process",
+                     train_ds.clips_per_item, train_ds.clips_per_item, train_loader.batch_size)
         val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
         check_same_data(cfg, train_ds, val[0] if val else None)
         log_data(train_ds, val[0] if val else None)
@@ -467,6 +470,10 @@ def check_resumable(loop: Loop, saved: dict, path: str) -> None:
                           f"({_preview(names)}): point data.root/lists at the run's data, or choose a new "
                           "hydra.run.dir (trainer.init_weights= fine-tunes on other classes)")
     old, new = saved.get("config", {}), loop.meta["config"]
+    k_old, k_new = (c.get("data", {}).get("clips_per_video", 1) for c in (old, new))
+    if k_old != k_new:  # the epoch's position and length count videos of k clips
+        raise ConfigError(f"checkpoint {path} was trained with data.clips_per_video={k_old}, this run has "
+                          f"{k_new}: resume with data.clips_per_video={k_old}, or choose a new hydra.run.dir")
     every = [c for group in ("model", "data", "trainer") for c in config_changes(old.get(group, {}),
                                                                                  new[group], group)]
     speed = [c for c in every if c.split(":")[0] in SPEED_ONLY]
@@ -600,16 +607,18 @@ def short_batch(loop: Loop, state: TrainState, sampler, loader) -> list[dict]:
     """Point the sampler at the epoch's first clip not yet trained (``state.samples``); return the batch
     that trains the clips up to the next whole step of this run's batch size, if there are any (a resume
     with another global batch, after a number of clips that is not a whole number of its steps): so
-    every clip of the epoch is trained once, none twice and none left out."""
-    done = state.samples // du.get_world_size()  # this rank's clips of the epoch order
+    every clip of the epoch is trained once, none twice and none left out. The sampler counts videos, each
+    an item of ``data.clips_per_video`` clips (``clips_per_item``)."""
+    k = getattr(loader.dataset, "clips_per_item", 1)
+    done = state.samples // du.get_world_size()  # this rank's clips of the epoch order, k per video
     short = -done % loop.per_rank_batch
-    sampler.set_epoch(state.epoch, start=done)
+    sampler.set_epoch(state.epoch, start=done // k)
     if not short:
         return []
-    items = list(itertools.islice(iter(sampler), short))
-    sampler.set_epoch(state.epoch, start=done + len(items))
+    items = list(itertools.islice(iter(sampler), short // k))
+    sampler.set_epoch(state.epoch, start=done // k + len(items))
     log.info("epoch %d: a short step of %d clip(s) per process first, up to the next whole step of %d",
-             state.epoch + 1, len(items), loop.per_rank_batch)
+             state.epoch + 1, len(items) * k, loop.per_rank_batch)
     return [loader.collate_fn([loader.dataset[item] for item in items])] if items else []
 
 
