@@ -4,9 +4,10 @@ Public API (other modules code against these names)::
 
     ds = build_dataset(cfg.data, "train")            # "train" | "val" | "test"
     sampler = ClipSampler(len(ds), shuffle=True, seed=cfg.seed, rank=r, world_size=w, drop_last=True)
-    sampler.set_epoch(epoch, start=k)                # k = samples this rank already consumed
+    sampler.set_epoch(epoch, start=n)                # n = items this rank already consumed
     loader = build_loader(ds, cfg.data, sampler, batch_size=per_rank_batch)
     batch = next(iter(loader))  # clip (B,3,T,H,W) float, label, video_index, view_index, valid, failures
+    # data.clips_per_video=k: an item is k clips of a video (read_clips), a batch still B clips
     test = WholeVideos(build_dataset(cfg.data, "test"))  # items: every view of a video, one decode
     videos = build_loader(test, cfg.data, ClipSampler(len(test), shuffle=False, drop_last=False), 8)
     for views in regroup_views(videos, videos.views_per_batch): ...  # 8 views a model batch
