@@ -22,6 +22,12 @@ per group) and ``table.md`` (final and best validation accuracy or mAP, paramete
 each group's own runs); with ``--tensorboard`` also ``tensorboard/``, one link per run named by its
 label, so that ``tensorboard --logdir <out>/tensorboard`` shows the runs under these names. Runs of
 different lengths and runs still in progress are fine: whatever events are on disk are read.
+
+``--x time`` draws the curves against the training wall-clock instead of the iteration: the events' wall
+times, counting only time inside train.py sessions (each process writes its own events file; a session
+lasts from its file's first event to its last), so a pause between a stop and its resume is left out
+(:func:`merge_sessions`); seeds are averaged on a common time grid up to the shortest seed's end.
+``--reach VALUE`` adds the column "time to val top-1 >= VALUE" (mean and min-max of the seeds).
 """
 
 from __future__ import annotations
@@ -82,6 +88,11 @@ class Run:
     path: Path
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]
     hparams: dict[str, object] = field(default_factory=dict)
+    # tag -> training seconds at each of the tag's points (aligned with ``scalars``): wall-clock time
+    # inside the run's train.py sessions only (:func:`merge_sessions`); a session is one events file,
+    # kept as the wall times of its first and last event
+    seconds: dict[str, np.ndarray] = field(default_factory=dict)
+    sessions: list[tuple[float, float]] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)
     running: str = ""  # the run-dir lock's holder ("host H pid P since T") while the run is being written
     note: str = ""  # what the table and figure flag: still running, stopped short (set by flag_runs)
@@ -109,8 +120,18 @@ class Run:
     def metric(self) -> str:
         return "mAP" if self.multi_label else "top-1"
 
-    def series(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
-        return self.scalars.get(tag)
+    @property
+    def trained_seconds(self) -> float:
+        """Wall-clock seconds inside the run's sessions (validation and precise BN included, the gaps
+        between a stop and its resume not)."""
+        return sum(end - start for start, end in self.sessions)
+
+    def series(self, tag: str, x: str = "iter") -> tuple[np.ndarray, np.ndarray] | None:
+        """(x, values) of a tag: x is the iteration (``x="iter"``) or the training seconds (``"time"``)."""
+        if tag not in self.scalars:
+            return None
+        steps, values = self.scalars[tag]
+        return (self.seconds[tag], values) if x == "time" else (steps, values)
 
 
 def find_event_dirs(paths: list[Path]) -> list[Path]:
@@ -160,17 +181,65 @@ def _hparams(accumulator) -> dict[str, object]:
     return {}
 
 
-def load_run(event_dir: Path) -> Run:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+@dataclass
+class Session:
+    """One events file: what one train.py process wrote (each process opens a new file). ``scalars``:
+    tag -> (steps, values, wall times); ``start``/``end``: the wall time of its first and last event."""
 
-    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    start: float
+    end: float
+    scalars: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    hparams: dict[str, object]
+
+
+def read_session(path: Path) -> Session | None:
+    """An events file's scalars (by this module's tag names), hparams and wall-clock span; None when it
+    holds no event yet."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    walls = [event.wall_time for event in EventFileLoader(str(path)).Load()]
+    if not walls:
+        return None
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
     acc.Reload()
     scalars = {}
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
-        steps, values = np.array([e.step for e in events]), np.array([e.value for e in events])
-        scalars[TAG_ALIASES.get(tag, tag)] = (steps, values)
-    run = Run(path=event_dir, scalars=scalars, hparams=_hparams(acc))
+        scalars[TAG_ALIASES.get(tag, tag)] = tuple(
+            np.array([getattr(e, name) for e in events]) for name in ("step", "value", "wall_time"))
+    return Session(start=min(walls), end=max(walls), scalars=scalars, hparams=_hparams(acc))
+
+
+def merge_sessions(sessions: list[Session]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                     dict[str, np.ndarray]]:
+    """One run's curves from its sessions (events files), in the order they started: (tag -> (steps,
+    values), tag -> training seconds).
+
+    A resumed session goes on from its checkpoint, so it logs again the iterations its predecessor ran
+    after that checkpoint: for each tag, the earlier sessions' points at or after the resumed session's
+    first step are dropped. Training seconds count wall-clock time inside sessions only (from a file's
+    first event to its last, one session after another), so a run stopped overnight and resumed in the
+    morning is as long as the work it did; the dropped iterations' time stays counted (it was spent)."""
+    points: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    offset = 0.0
+    for session in sorted(sessions, key=lambda s: s.start):
+        for tag, (steps, values, walls) in session.scalars.items():
+            kept = [tuple(a[p[0] < steps[0]] for a in p) for p in points.get(tag, [])]
+            points[tag] = [*kept, (steps, values, offset + walls - session.start)]
+        offset += session.end - session.start
+    scalars = {tag: (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+               for tag, parts in points.items()}
+    seconds = {tag: np.concatenate([p[2] for p in parts]) for tag, parts in points.items()}
+    return scalars, seconds
+
+
+def load_run(event_dir: Path) -> Run:
+    sessions = [s for f in sorted(event_dir.glob(EVENT_GLOB)) if (s := read_session(f)) is not None]
+    scalars, seconds = merge_sessions(sessions)
+    hparams = next((s.hparams for s in sorted(sessions, key=lambda s: -s.start) if s.hparams), {})
+    run = Run(path=event_dir, scalars=scalars, hparams=hparams, seconds=seconds,
+              sessions=sorted((s.start, s.end) for s in sessions))
     run.running = held_by(run.run_dir)
     config = run_config(run.run_dir)
     run.settings = settings_of(config, run.hparams) if config else {}
@@ -207,15 +276,24 @@ def run_config(run_dir: Path) -> dict | None:
 
 
 def flatten(node: dict, prefix: str = "") -> dict[str, object]:
-    """``{"model": {"width": 8}}`` -> ``{"model.width": 8}``; lists become tuples (hashable)."""
+    """``{"model": {"width": 8}}`` -> ``{"model.width": 8}``; lists become tuples, nested ones too
+    (``trainer.multigrid.long_cycle_factors``), so that every value is hashable."""
     out: dict[str, object] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, f"{name}."))
         else:
-            out[name] = tuple(value) if isinstance(value, list) else value
+            out[name] = _hashable(value)
     return out
+
+
+def _hashable(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    return value
 
 
 def settings_of(config: dict, hparams: dict[str, object]) -> dict[str, object]:
@@ -244,16 +322,21 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def error_curves(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Training and validation error (%) vs iteration; mAP runs plot 100 - mAP for validation."""
+def error_curves(run: Run, x: str = "iter") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Training and validation error (%) vs iteration (``x="iter"``) or training seconds (``"time"``);
+    mAP runs plot 100 - mAP for validation."""
     curves = {}
-    train = run.series("train/top1")
+    train = run.series("train/top1", x)
     if train is not None:
         curves["train"] = (train[0], 100.0 - train[1])
-    val = run.series("val/mAP" if run.multi_label else "val/top1")
+    val = run.series(val_tag(run), x)
     if val is not None:
         curves["val"] = (val[0], 100.0 - val[1])
     return curves
+
+
+def val_tag(run: Run) -> str:
+    return "val/mAP" if run.multi_label else "val/top1"
 
 
 def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
@@ -264,6 +347,54 @@ def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
         return steps, values, values, values
     stacked = np.stack([np.interp(common, s, v) for s, v in curves])
     return np.array(common), stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+TIME_GRID = 200  # points of the common time grid that seeds are averaged on
+
+
+def _mean_band_in_time(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Mean and min/max over runs against training time. Seeds log at different times, so each run's
+    curve is interpolated linearly on a common grid of ``TIME_GRID`` times, from the latest first point
+    to the shortest run's end (no run is extrapolated; the longer runs' tails are not averaged)."""
+    start, end = max(t[0] for t, _ in curves), min(t[-1] for t, _ in curves)
+    if start >= end:  # no span all runs cover: show the longest run alone
+        times, values = max(curves, key=lambda c: c[0][-1])
+        return times, values, values, values
+    grid = np.linspace(start, end, TIME_GRID)
+    stacked = np.stack([np.interp(grid, t, v) for t, v in curves])
+    return grid, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+def time_unit(groups: dict[str, list[Run]]) -> tuple[float, str]:
+    """Seconds per unit of the time axis: hours, or minutes when every run is shorter than an hour."""
+    longest = max((r.trained_seconds for rs in groups.values() for r in rs), default=0.0)
+    return (3600.0, "hours") if longest >= 3600 else (60.0, "minutes")
+
+
+def first_reach(run: Run, target: float) -> float | None:
+    """Training seconds at the run's first validation whose metric (top-1 or mAP, %) is >= target."""
+    val = run.series(val_tag(run), "time")
+    if val is None or not (val[1] >= target).any():
+        return None
+    return float(val[0][np.argmax(val[1] >= target)])
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS``."""
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def reach_cell(runs: list[Run], target: float) -> str:
+    """A group's time to reach ``target``: mean of its runs' (min–max), ``—`` when none reached it, and
+    how many did when only some."""
+    times = [t for r in runs if (t := first_reach(r, target)) is not None]
+    if not times:
+        return "—"
+    text = clock(statistics.mean(times))
+    if len(times) > 1:
+        text += f" ({clock(min(times))}–{clock(max(times))})"
+    return text + (f", {len(times)} of {len(runs)} runs" if len(times) < len(runs) else "")
 
 
 def group_runs(runs: list[Run], group_by: list[str] | None = None,
@@ -491,7 +622,10 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def plot(groups: dict[str, list[Run]], out: Path, title: str = "", smooth: float = 0.0) -> None:
+def plot(groups: dict[str, list[Run]], out: Path, title: str = "", smooth: float = 0.0,
+         x: str = "iter") -> None:
+    """The two panels (training, validation error) against the iteration or, ``x="time"``, the training
+    wall-clock (:func:`time_unit`; seeds averaged on a common time grid, :func:`_mean_band_in_time`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -500,24 +634,28 @@ def plot(groups: dict[str, list[Run]], out: Path, title: str = "", smooth: float
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     metric = "mAP" if any(r.multi_label for rs in groups.values() for r in rs) else "top-1"
+    scale, unit = time_unit(groups) if x == "time" else (1.0, "")
     for i, (name, runs) in enumerate(groups.items()):
         colour = colours[i % len(colours)]
         for ax, which in zip(axes, ("train", "val"), strict=True):
-            curves = [c[which] for c in map(error_curves, runs) if which in c]
+            curves = [c[which] for c in (error_curves(r, x) for r in runs) if which in c]
             if not curves:
                 continue
             if which == "train" and smooth:
                 curves = [(s, ema(v, smooth)) for s, v in curves]
-            steps, mean, low, high = _mean_band(curves)
+            band = _mean_band_in_time if x == "time" and len(curves) > 1 else _mean_band
+            steps, mean, low, high = band(curves)
+            steps = steps / scale
             style = "--" if "nl" not in runs[0].model else "-"
             ax.plot(steps, mean, style, color=colour, label=legend(name, runs),
-                    marker="o" if which == "val" else None, markersize=3)
+                    marker="o" if which == "val" and band is _mean_band else None, markersize=3)
             if len(curves) > 1:
                 ax.fill_between(steps, low, high, color=colour, alpha=0.15)
     axes[0].set_title("training error (100 - train top-1, %)" + (f", EMA {smooth}" if smooth else ""))
     axes[1].set_title(f"validation error (100 - val {metric}, %)")
     for ax in axes:
-        ax.set_xlabel("iteration")
+        ax.set_xlabel(f"training wall-clock ({unit}; stops between sessions left out)" if x == "time"
+                      else "iteration")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("error (%)")
     axes[1].legend(fontsize=8)
@@ -571,13 +709,15 @@ def _own(runs: list[Run], key: str, scale: float = 1.0) -> str:
     return " / ".join(values) or "—"
 
 
-def table(groups: dict[str, list[Run]], warnings: list[str]) -> str:
+def table(groups: dict[str, list[Run]], warnings: list[str], reach: float | None = None) -> str:
+    """The markdown table; ``reach``: add the column of the training time to that validation metric."""
     multi = any(r.multi_label for rs in groups.values() for r in rs)
     metric = "val mAP" if multi else "val top-1"
+    reach_head = f" time to {metric} ≥ {reach:g} ² |" if reach is not None else ""
     lines = [f"> **Warning**: {w}\n" for w in warnings] + [
         f"| model | #NL | runs | last iteration | final {metric} | best {metric} | final train err | "
-        "params (M) | GFLOPs/clip | clips/s ¹ | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"params (M) | GFLOPs/clip | clips/s ¹ |{reach_head} notes |",
+        "|---" * (11 + (reach is not None)) + "|",
     ]
     tag = "val/mAP" if multi else "val/top1"
     for label, runs in groups.items():
@@ -586,12 +726,19 @@ def table(groups: dict[str, list[Run]], warnings: list[str]) -> str:
         train_err = [float(c["train"][1][-1]) for c in map(error_curves, runs) if "train" in c]
         last = max(r.last_iteration for r in runs)
         speed = [float(np.median(s[1])) for r in runs if (s := r.series("train/clips_per_s")) is not None]
+        reach_col = f" {reach_cell(runs, reach)} |" if reach is not None else ""
         lines.append(
             f"| {label} | {_num_nonlocal(runs)} | {len(runs)} | {last} | {_stat(finals)} | {_stat(bests)} "
             f"| {_stat(train_err)} | {_own(runs, 'params_M')} | {_own(runs, 'gflops')} | {_stat(speed)} "
-            f"| {notes(runs)} |"
+            f"|{reach_col} {notes(runs)} |"
         )
-    return "\n".join(lines) + f"\n\n¹ {speed_caveat(groups)}\n"
+    text = "\n".join(lines) + f"\n\n¹ {speed_caveat(groups)}\n"
+    if reach is not None:
+        text += (f"\n² training wall-clock (H:MM:SS) at the first validation whose {metric} is ≥ {reach:g}: "
+                 "the mean of the runs that got there (min–max); — when none did. Time is counted inside "
+                 "the train.py sessions only (validation and precise BN included, the pause between a "
+                 "stop and its resume not), on each run's own machine and load.\n")
+    return text
 
 
 def link_runs(groups: dict[str, list[Run]], folder: Path) -> dict[str, Path]:
@@ -613,9 +760,11 @@ def link_runs(groups: dict[str, list[Run]], folder: Path) -> dict[str, Path]:
 
 def compare(paths: list[Path], out_dir: Path, title: str = "", smooth: float = 0.0,
             group_by: list[str] | None = None, labels: list[tuple[Path, str]] | None = None,
-            tensorboard: bool = False) -> tuple[Path, Path, dict[str, list[Run]], list[str]]:
+            tensorboard: bool = False, x: str = "iter",
+            reach: float | None = None) -> tuple[Path, Path, dict[str, list[Run]], list[str]]:
     """Read, group, plot and tabulate the runs under ``paths`` (and link them for TensorBoard); returns
-    (curves.png, table.md, the groups by label, warnings)."""
+    (curves.png, table.md, the groups by label, warnings). ``x``: the curves' axis, ``"iter"`` or
+    ``"time"`` (training wall-clock); ``reach``: add the time-to-this-validation-metric column."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CompareError(f"compare: --out {out_dir} is a file: pass a directory (curves.png and table.md "
                            "are written into it)")
@@ -623,8 +772,8 @@ def compare(paths: list[Path], out_dir: Path, title: str = "", smooth: float = 0
     groups, warnings = group_runs(runs, group_by, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, md = out_dir / "curves.png", out_dir / "table.md"
-    plot(groups, png, title, smooth)
-    md.write_text(table(groups, warnings))
+    plot(groups, png, title, smooth, x)
+    md.write_text(table(groups, warnings, reach))
     if tensorboard:
         link_runs(groups, out_dir / "tensorboard")
     return png, md, groups, warnings
@@ -635,6 +784,16 @@ def _label_arg(text: str) -> tuple[Path, str]:
     if not sep or not label:
         raise argparse.ArgumentTypeError(f"--label expects DIR=TEXT, got {text!r}")
     return Path(directory), label
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a validation accuracy in % (0 to 100), got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -655,10 +814,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write OUT/tensorboard/: a link per run named by its label, for "
                              "tensorboard --logdir OUT/tensorboard")
+    parser.add_argument("--x", choices=("iter", "time"), default="iter",
+                        help="the curves' x axis: the iteration (default) or the training wall-clock "
+                             "(time inside the train.py sessions; seeds averaged on a common time grid)")
+    parser.add_argument("--reach", type=_percent, metavar="VALUE",
+                        help="add to table.md the training wall-clock at which each group's validation "
+                             "top-1 (or mAP), in %%, first reaches VALUE")
     args = parser.parse_args(argv)
     try:
         png, md, groups, warnings = compare(args.runs, args.out, args.title, args.smooth, args.group_by,
-                                            args.label, args.tensorboard)
+                                            args.label, args.tensorboard, args.x, args.reach)
     except (FileNotFoundError, CompareError) as exc:
         parser.exit(2, f"error: {exc}\n")
     for warning in warnings:

@@ -83,16 +83,22 @@ def test_a_run_without_config_file_is_grouped_by_its_checkpoints_config(two_runs
     assert len(warnings) == 1 and "has the same config and seed (0) as a run of 'c2d'" in warnings[0]
 
 
+def configured_run_dir(run_dir: Path, *overrides: str):
+    """``run_dir`` with the ``config_resolved.yaml`` train.py writes for these overrides; the config."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    run_dir.mkdir(parents=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return cfg
+
+
 def fake_run(root: Path, name: str, *overrides: str, params_m: float = 0.5, final: float = 40.0,
              steps: tuple[int, ...] = (10, 20, 30)) -> Path:
     """A run directory as train.py writes it: the composed, resolved config and TensorBoard events (the
     trainer's hparams, train/val curves) of a validation at each of ``steps``; ``final`` is the last
     validation metric."""
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
     run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg = configured_run_dir(run_dir, *overrides)
     tb = TensorBoard(str(run_dir / "tb"))
     num_nl = len(cfg.model["nonlocal"].positions)
     tb.hparams({"model": cfg.model.name, "num_nonlocal": num_nl, "params_M": params_m, "gflops": 2 * params_m,
