@@ -10,9 +10,16 @@ pixel difference between the two decoders' clips.
 
     python scripts/bench_data.py            # ~4 minutes on 2 CPU cores
     python scripts/bench_data.py --decode-threads 1 2 --workers 0
+    python scripts/bench_data.py --sections repeated   # data.clips_per_video only, ~2 minutes
 
 ``--decode-threads`` is ``data.decode_threads`` for both readers (decord's ``num_threads``, PyAV's
 codec threads); 1 is PySlowFast's default (no multi-threaded decoding).
+
+The ``repeated`` section times repeated clips (``data.clips_per_video`` k = 1, 2, 4: k training clips
+from one decode of a video, :func:`nlvideo.data.dataset.read_clips`): decode + transforms per training
+clip, in this process (the dataset's items, no loader), on the built-in dataset's videos (64 frames of
+64x64, its config: 48² crops) and on the generated 340x256 videos (``kinetics400.yaml``: 224² crops, 8x8
+and 32x2), each k interleaved with the others, best of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from omegaconf import OmegaConf
 
 import nlvideo  # noqa: F401  (torchvision compat shim)
 from nlvideo.data import ClipSampler, build_dataset, build_loader
-from nlvideo.data.synthetic import write_mp4
+from nlvideo.data.sampler import derive_seed
+from nlvideo.data.synthetic import ensure_synthetic, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,8 +137,64 @@ def cell(
     return (f"{nf}x{sr}", threads, w, dec, pyav, dec / pyav, cpu_col, diff)
 
 
+BUILT_IN = dict(seed=0, train_per_class=4, val_per_class=1, num_frames=64, size=64, fps=24)  # its videos
+
+
+def built_in_cfg(root: Path):
+    """``configs/data/synthetic.yaml`` on a small copy of the built-in dataset (the same generator and video
+    settings, 16 training videos)."""
+    cfg = OmegaConf.load(REPO / "configs" / "data" / "synthetic.yaml")
+    cfg.root, cfg.generate = str(root), dict(BUILT_IN)
+    ensure_synthetic(root, workers=1, **BUILT_IN)
+    return cfg
+
+
+def ms_per_clip(cfg, k: int, clips: int) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per training clip of ``clips`` clips read as items of k (decode +
+    transforms), videos in turn, a new seed each item; one untimed item first."""
+    cfg = OmegaConf.merge(cfg, {"clips_per_video": k})
+    ds = build_dataset(cfg, "train")
+    ds[(0, 0)]
+    start, cpu = time.perf_counter(), time.process_time()
+    for i in range(-(-clips // k)):
+        ds[(i % len(ds), derive_seed(k, i))]
+    n = -(-clips // k) * k
+    return 1000 * (time.perf_counter() - start) / n, 1000 * (time.process_time() - cpu) / n
+
+
+def repeated_rows(cases: list[tuple[str, str, object]], ks: list[int], clips: int, rounds: int
+                  ) -> list[tuple]:
+    """One row per (data, sampling, k): best wall and CPU ms per clip over interleaved rounds, and k=1's CPU
+    time over this k's (CPU time is what a loader worker spends; wall time also counts waiting for a core
+    on a shared host)."""
+    rows = []
+    for name, sampling, cfg in cases:
+        best = {k: (float("inf"), float("inf")) for k in ks}
+        for _ in range(rounds):
+            for k in ks:
+                wall, cpu = ms_per_clip(cfg, k, clips)
+                best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+        for k in ks:
+            rows.append((name, sampling, k, *best[k], best[ks[0]][1] / best[k][1]))
+            print(f"  {name} {sampling} k={k}: {best[k][0]:.1f} ms/clip", flush=True)
+    return rows
+
+
+def print_repeated(rows: list[tuple], clips: int, rounds: int) -> None:
+    print(f"\nRepeated clips: decode + transforms per training clip, one process, torch threads 1, best of "
+          f"{rounds} interleaved runs of {clips} clips")
+    print()
+    print("| videos | sampling | clips per video (k) | ms per clip | CPU ms per clip | CPU k=1 / this |")
+    print("|---|---|---|---|---|---|")
+    for name, sampling, k, wall, cpu, speedup in rows:
+        print(f"| {name} | {sampling} | {k} | {wall:.1f} | {cpu:.1f} | {speedup:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="+", choices=["decoders", "repeated"],
+                   default=["decoders", "repeated"],
+                   help="decoders: decord vs PyAV through the loader; repeated: data.clips_per_video k=1,2,4")
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--clips", type=int, default=24, help="timed clips per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements per cell (best is kept)")
@@ -150,10 +214,20 @@ def main() -> None:
             f"frames) in {time.perf_counter() - t0:.1f}s"
         )
         rows = []
-        for nf, sr in ((8, 8), (32, 2)):
-            for threads in a.decode_threads:
-                for w in a.workers:
-                    rows.append(cell(root, nf, sr, w, threads, a.clips, a.batch_size, a.rounds))
+        if "decoders" in a.sections:
+            for nf, sr in ((8, 8), (32, 2)):
+                for threads in a.decode_threads:
+                    for w in a.workers:
+                        rows.append(cell(root, nf, sr, w, threads, a.clips, a.batch_size, a.rounds))
+        if "repeated" in a.sections:
+            cases = [("built-in 64x64, 64 frames", "8x8", built_in_cfg(root / "built_in"))]
+            cases += [("340x256, 300 frames", f"{nf}x{sr}", data_cfg(root, "decord", nf, sr, 0))
+                      for nf, sr in ((8, 8), (32, 2))]
+            repeated = repeated_rows(cases, [1, 2, 4], a.clips, a.rounds)
+    if "repeated" in a.sections:
+        print_repeated(repeated, a.clips, a.rounds)
+    if "decoders" not in a.sections:
+        return
     print()
     print(
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch threads 1 per process, "
