@@ -371,12 +371,18 @@ def time_unit(groups: dict[str, list[Run]]) -> tuple[float, str]:
     return (3600.0, "hours") if longest >= 3600 else (60.0, "minutes")
 
 
-def first_reach(run: Run, target: float) -> float | None:
-    """Training seconds at the run's first validation whose metric (top-1 or mAP, %) is >= target."""
-    val = run.series(val_tag(run), "time")
+def reach_index(run: Run, target: float) -> int | None:
+    """Index of the run's first validation whose metric (top-1 or mAP, %) is >= target."""
+    val = run.series(val_tag(run))
     if val is None or not (val[1] >= target).any():
         return None
-    return float(val[0][np.argmax(val[1] >= target)])
+    return int(np.argmax(val[1] >= target))
+
+
+def first_reach(run: Run, target: float) -> float | None:
+    """Training seconds at the run's first validation whose metric is >= target (:func:`reach_index`)."""
+    index = reach_index(run, target)
+    return None if index is None else float(run.seconds[val_tag(run)][index])
 
 
 def clock(seconds: float) -> str:
