@@ -280,6 +280,7 @@ class VideoDataset(Dataset):
         # Clips an item holds (data.clips_per_video for train, else 1): build_loader batches
         # batch_size / clips_per_item items and flattens them into clips.
         self.clips_per_item = spec.clips_per_video
+        self.grid_specs = [spec]  # training specs of each sampling grid (multigrid), the first the target
         self.report_failures = True  # warn once per path and process (off when the caller reports)
 
     def __len__(self) -> int:
@@ -299,13 +300,14 @@ class VideoDataset(Dataset):
             return t
         return torch.tensor(labels[0], dtype=torch.int64)
 
-    def _load(self, rec: ann.VideoRecord, view: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(self, rec: ann.VideoRecord, view: int, rng: random.Random, spec: ClipSpec
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The item's clip and target: one clip (3, T, H, W), or the ``clips_per_item`` clips of
         :func:`read_clips` (k, 3, T, H, W) with one target per clip (k,) / (k, K)."""
         if self.clips_per_item > 1:
-            clips, indices, fps = read_clips(self.spec, rec.path, rng)
+            clips, indices, fps = read_clips(spec, rec.path, rng)
             return clips, torch.stack([self._clip_target(rec, idx, fps) for idx in indices])
-        clip, idx, fps = read_clip(self.spec, rec.path, view, rng)
+        clip, idx, fps = read_clip(spec, rec.path, view, rng)
         return clip, self._clip_target(rec, idx, fps)
 
     def _clip_target(self, rec: ann.VideoRecord, idx: Sequence[int], fps: float) -> torch.Tensor:
@@ -336,9 +338,14 @@ class VideoDataset(Dataset):
             "failures": failures,
         }
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> dict[str, Any]:
+        """Item ``index``, or ``(index, aug_seed)``, or ``(index, aug_seed, grid)``: a training clip at
+        sampling grid ``grid_specs[grid]`` (multigrid training; :mod:`nlvideo.engine.plan`)."""
+        spec = self.spec
         if isinstance(key, (tuple, list)):
             index, seed = int(key[0]), int(key[1])
+            if len(key) > 2:
+                spec = self.grid_specs[int(key[2])]
         else:
             index = int(key)
             seed = derive_seed(index)
@@ -350,7 +357,7 @@ class VideoDataset(Dataset):
         while True:
             rec = self.records[video_index]
             try:
-                clip, label = self._load(rec, view, rng)
+                clip, label = self._load(rec, view, rng, spec)
                 valid = True
                 break
             except DecodeError as e:

@@ -137,6 +137,7 @@ def build_loader(
     batch_size: int,
     drop_last: bool | None = None,
     num_workers: int | None = None,
+    batch_sampler: Sampler | None = None,
 ) -> DataLoader:
     """DataLoader over ``dataset`` in ``sampler`` order, ``batch_size`` clips a batch.
 
@@ -146,7 +147,9 @@ def build_loader(
     videos at a time, and the loader's ``views_per_batch`` (``batch_size``; None for other datasets) is
     the model batch that the evaluation regroups their views into (:func:`regroup_views`). A dataset of
     k clips an item (``clips_per_item`` > 1: ``data.clips_per_video``) is batched ``batch_size / k``
-    items at a time, collated into ``batch_size`` clips (:func:`collate_clip_groups`).
+    items at a time, collated into ``batch_size`` clips (:func:`collate_clip_groups`). A
+    ``batch_sampler`` (multigrid training: :class:`~nlvideo.data.sampler.GridBatchSampler` over
+    ``sampler``) makes the batches instead, of the sizes it chooses.
     """
     views = getattr(dataset, "views_per_item", None)
     clips = getattr(dataset, "clips_per_item", 1)
@@ -160,11 +163,13 @@ def build_loader(
     else:
         kwargs["worker_init_fn"] = seed_worker
     items = videos_per_step(batch_size, clips) if views is None else max(1, batch_size // views)
+    if batch_sampler is None:
+        batching = {"batch_size": items, "sampler": sampler, "drop_last": drop_last}
+    else:
+        batching = {"batch_sampler": batch_sampler}
     loader = DataLoader(
         dataset,
-        batch_size=items,
-        sampler=sampler,
-        drop_last=drop_last,
+        **batching,
         collate_fn=collate_clips if clips == 1 else collate_clip_groups,
         generator=torch.Generator().manual_seed(int(getattr(sampler, "seed", 0))),
         **kwargs,

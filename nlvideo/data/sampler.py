@@ -17,6 +17,7 @@ order, see :func:`nlvideo.engine.evaluate.rank_positions_kept`), so every view c
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -90,3 +91,37 @@ class ClipSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+class GridBatchSampler(Sampler):
+    """Batches of a :class:`ClipSampler`'s ``(index, aug_seed)`` items whose sizes and sampling grids
+    follow a training plan (:class:`~nlvideo.engine.plan.TrainPlan`: multigrid training): step ``s`` of
+    the epoch is ``plan.batch(epoch, s)`` = (grid, clips per process), each item ``(index, aug_seed,
+    grid)`` for the dataset to decode at that grid.
+
+    It follows the clip sampler's ``set_epoch(epoch, start)``: ``start`` (this rank's clips already
+    trained) is a step boundary of the plan, and batching goes on from that step, so a resumed epoch
+    has the same batches as an uninterrupted one. Every rank batches its own share the same way: all
+    ranks train the same grid each step. An incomplete last batch is dropped."""
+
+    def __init__(self, sampler: ClipSampler, plan):
+        self.sampler = sampler
+        self.plan = plan
+
+    def _steps(self) -> tuple[int, int]:
+        epoch = self.sampler.epoch
+        return self.plan.step_after(epoch, self.sampler.start), self.plan.steps(epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        epoch, (step, steps) = self.sampler.epoch, self._steps()
+        items = iter(self.sampler)
+        for s in range(step, steps):
+            grid, size = self.plan.batch(epoch, s)
+            batch = [(index, seed, grid) for index, seed in itertools.islice(items, size)]
+            if len(batch) < size:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        step, steps = self._steps()
+        return steps - step

@@ -22,6 +22,7 @@ from nlvideo.data.dataset import check_data_config, clips_per_video
 from nlvideo.data.loader import videos_per_step
 from nlvideo.engine.logging import PROGRESS_MODES
 from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS, lr_factor_fn
+from nlvideo.engine.plan import check_multigrid
 from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
 
 AMP_MODES = (None, "off", "auto", "bf16", "fp16")
@@ -278,6 +279,7 @@ def _validate(cfg: DictConfig, needs_train: bool) -> None:
     if needs_train:
         _check_optim(cfg.optim)
         _check_training(t)
+        check_multigrid(cfg)
     number(cfg, "seed", "", integer=True)
     _need(t.device in DEVICES,
           f"trainer.device={t.device!r} is not allowed; choose one of: " + ", ".join(DEVICES))

@@ -29,9 +29,6 @@ class FaultInjection:
         self.kill_during_checkpoint = _int_or_none(debug.get("kill_during_checkpoint"))
         self.max_iters_per_epoch = _int_or_none(debug.get("max_iters_per_epoch"))
 
-    def iters_per_epoch(self, available: int) -> int:
-        return min(available, self.max_iters_per_epoch) if self.max_iters_per_epoch else available
-
     def loss(self, loss: torch.Tensor, iteration: int) -> torch.Tensor:
         """``loss`` of 1-based ``iteration``, made NaN at ``nan_at_iter``."""
         return loss * float("nan") if iteration == self.nan_at_iter else loss

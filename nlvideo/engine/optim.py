@@ -74,18 +74,45 @@ def build_optimizer(model: nn.Module, cfg_optim, global_batch_size: int) -> torc
     )
 
 
-def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int) -> Callable[[int], float]:
-    """Multiplier of the base rate as a function of the global iteration (0-based)."""
-    unit = cfg_optim.get("unit", "epoch")
-    per_iter = 1.0 / iters_per_epoch if unit == "epoch" else 1.0
-    total = total_iters * per_iter
+def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int, plan=None) -> Callable[[int], float]:
+    """Multiplier of the base rate as a function of the global iteration (0-based).
+
+    A multigrid ``plan`` (:class:`~nlvideo.engine.plan.TrainPlan` whose steps vary) sets the clock
+    instead: progress in the plan's (fractional) epochs, the schedule stretched to the plan's length
+    (milestones and warm-up x ``plan.stretch``, or the long cycle's own ``plan.lr_steps``), and the rate
+    of each epoch scaled with its batch (``lr_scale``)."""
     warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
+    steps = [float(s) for s in (cfg_optim.get("steps") or [])]
+    per_iteration = bool(cfg_optim.get("per_iteration", True))
+    if plan is not None and plan.varies:
+        steps = plan.lr_steps if plan.lr_steps is not None else [s * plan.stretch for s in steps]
+        total = plan.epochs_at(total_iters) if total_iters < plan.total_iters(None) else plan.num_epochs
+        curve = schedule_curve(cfg_optim, total, warmup * plan.stretch, steps)
+
+        def on_plan(iteration: int) -> float:
+            epoch, _ = plan.locate(iteration)
+            return curve(plan.epochs_at(iteration, per_iteration)) * plan.shape(epoch).lr_scale
+
+        return on_plan
+    per_iter = 1.0 / iters_per_epoch if cfg_optim.get("unit", "epoch") == "epoch" else 1.0
+    curve = schedule_curve(cfg_optim, total_iters * per_iter, warmup, steps)
+
+    def factor(iteration: int) -> float:
+        if per_iteration:
+            return curve(iteration * per_iter)
+        return curve((iteration // iters_per_epoch) * iters_per_epoch * per_iter)  # constant within an epoch
+
+    return factor
+
+
+def schedule_curve(cfg_optim, total: float, warmup: float, steps: list[float]) -> Callable[[float], float]:
+    """The rate multiplier at time ``t`` (in ``optim.unit``s) of a run ``total`` long: step / cosine /
+    constant, after a linear warm-up from ``warmup_start_factor`` x the rate at its end (PySlowFast's)."""
     start = float(cfg_optim.get("warmup_start_factor", 0.1))
-    steps = sorted(float(s) for s in (cfg_optim.get("steps") or []))
+    steps = sorted(steps)
     gamma = float(cfg_optim.get("gamma", 0.1))
     final = float(cfg_optim.get("final_lr_factor", 0.0))
     schedule = cfg_optim.get("schedule", "cosine")
-    per_iteration = bool(cfg_optim.get("per_iteration", True))
 
     def main(t: float) -> float:
         if schedule == "step":
@@ -94,24 +121,21 @@ def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int) -> Callable[
             return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(t / max(total, 1e-12), 1.0)))
         return 1.0
 
-    def factor(iteration: int) -> float:
-        if per_iteration:
-            t = iteration * per_iter
-        else:  # constant within an epoch
-            t = (iteration // iters_per_epoch) * iters_per_epoch * per_iter
+    def curve(t: float) -> float:
         f = main(t)
-        if warmup > 0 and t < warmup:  # linear from start*f(warmup) to f(warmup), like PySlowFast
+        if warmup > 0 and t < warmup:
             end = main(warmup)
             f = start * end + (end - start * end) * (t / warmup)
         return f
 
-    return factor
+    return curve
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg_optim, iters_per_epoch: int,
-                    total_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+                    total_iters: int, plan=None) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per iteration; its ``last_epoch`` is the global iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg_optim, iters_per_epoch, total_iters))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor_fn(cfg_optim, iters_per_epoch, total_iters, plan))
 
 
 def restore_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,

@@ -37,6 +37,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nlvideo.data.annotations import output_order
 from nlvideo.data.dataset import class_usage_warning, split_overlap_warning
+from nlvideo.data.loader import build_loader
+from nlvideo.data.sampler import GridBatchSampler
 from nlvideo.engine import checkpoint as ckpt_io
 from nlvideo.engine import distributed as du
 from nlvideo.engine.bad_videos import BadVideoReport
@@ -54,6 +56,7 @@ from nlvideo.engine.logging import (
     write_history_row,
 )
 from nlvideo.engine.optim import build_optimizer, build_scheduler, clip_gradients, restore_schedule
+from nlvideo.engine.plan import TrainPlan, build_plan, grid_spec, log_plan
 from nlvideo.engine.precise_bn import update_bn_stats
 from nlvideo.engine.preemption import PreemptionHandler
 from nlvideo.engine.run_lock import RunDirBusy, RunDirLock
@@ -73,6 +76,7 @@ from nlvideo.engine.runtime import (
 from nlvideo.engine.state import Meter, TrainState, saved_global_batch
 from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
 from nlvideo.models.pretrained import load_weights, read_checkpoint, weights_of
+from nlvideo.models.split_bn import split_batch_norm
 
 log = logging.getLogger("nlvideo.train")
 
@@ -98,8 +102,9 @@ class Loop:
     forward: Forward
     multi_label: bool
     per_rank_batch: int
-    iters_per_epoch: int
+    iters_per_epoch: int  # steps of an epoch of the target grid (a standard epoch)
     total_iters: int
+    plan: TrainPlan  # grid and batch of every step (multigrid: they change; nlvideo.engine.plan)
     sync_period: int = 1  # steps between the host's reads of the device (trainer.sync_period)
     run_dir: Path | None = None
     meta: dict = field(default_factory=dict)  # stored in every checkpoint: config, overrides, classes
@@ -116,8 +121,10 @@ class Loop:
         """Epochs of the whole run, counting from where ``state`` stands. A run stopped by
         ``trainer.max_iters`` inside an epoch, then resumed with a larger one, goes on with full epochs
         from the next one; training always ends at ``total_iters`` iterations."""
-        left_from_epoch_start = self.total_iters - state.iteration + state.step
-        return state.epoch + math.ceil(left_from_epoch_start / self.iters_per_epoch)
+        left, epoch = self.total_iters - state.iteration + state.step, state.epoch
+        while left > 0:
+            left, epoch = left - self.plan.steps(epoch), epoch + 1
+        return epoch
 
     @property
     def ckpt_dir(self) -> Path:
@@ -130,7 +137,7 @@ class Loop:
 
     def steps_in_epoch(self, state: TrainState) -> int:
         """Steps of ``state.epoch``: a whole epoch, or what is left of ``total_iters``."""
-        return min(self.iters_per_epoch, state.step + self.total_iters - state.iteration)
+        return min(self.plan.steps(state.epoch), state.step + self.total_iters - state.iteration)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
@@ -156,17 +163,19 @@ def train(cfg: DictConfig) -> int:
                  per_rank_batch * info.world_size)
 
         # Data first: num_classes and multi_label come from the dataset itself.
-        train_ds, train_sampler, train_loader = build_split(cfg, "train", True, per_rank_batch)
+        train_ds, train_sampler, target_loader = build_split(cfg, "train", True, per_rank_batch)
         if train_ds.clips_per_item > 1:
             log.info("data.clips_per_video=%d: %d clips per video, %d videos per step per process",
-                     train_ds.clips_per_item, train_ds.clips_per_item, train_loader.batch_size)
+                     train_ds.clips_per_item, train_ds.clips_per_item, target_loader.batch_size)
         val = build_split(cfg, "val", False, per_rank_batch) if int(cfg.trainer.eval_period) > 0 else None
         check_same_data(cfg, train_ds, val[0] if val else None)
         log_data(train_ds, val[0] if val else None)
-        loop = build_loop(cfg, device, run_dir, train_ds, len(train_loader))
+        plan = build_plan(cfg, train_sampler.per_rank, target_loader.batch_size)  # in sampler items
+        train_loader = planned_loader(cfg, plan, train_ds, train_sampler, target_loader)
+        loop = build_loop(cfg, device, run_dir, train_ds, plan)
         state = start_or_resume(loop)
         write_run_files(loop, state, train_ds)
-        return run_epochs(loop, state, train_sampler, train_loader, val)
+        return run_epochs(loop, state, train_sampler, train_loader, val, target_loader)
     finally:
         lock.release()
 
@@ -210,16 +219,31 @@ def log_data(train_ds, val_ds) -> None:
         log.warning("%s", overlap)
 
 
-def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, num_batches: int) -> Loop:
-    """Model (fine-tuning weights, SyncBN, DDP, compile), optimizer, schedule and scaler of this job."""
+def planned_loader(cfg: DictConfig, plan: TrainPlan, train_ds, sampler, target_loader):
+    """The training loader: ``target_loader`` (one grid and batch), or under multigrid one whose batches
+    follow ``plan`` (:class:`~nlvideo.data.sampler.GridBatchSampler`), each item decoded at its step's
+    grid (``train_ds.grid_specs``). ``target_loader`` stays the target grid's, for precise BN."""
+    if not plan.varies:
+        return target_loader
+    log_plan(plan, target_loader.batch_size)
+    target = plan.grids[0]
+    train_ds.grid_specs = [grid_spec(train_ds.spec, target, grid) for grid in plan.grids]
+    return build_loader(train_ds, cfg.data, sampler, int(cfg.data.batch_size),
+                        batch_sampler=GridBatchSampler(sampler, plan))
+
+
+def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, plan: TrainPlan) -> Loop:
+    """Model (fine-tuning weights, split BN, SyncBN, DDP, compile), optimizer, schedule and scaler of this
+    job, training on ``plan``."""
     t, info = cfg.trainer, du.info()
     per_rank_batch = int(cfg.data.batch_size)
-    faults = FaultInjection(t.debug)
-    iters_per_epoch = faults.iters_per_epoch(num_batches)
-    if iters_per_epoch == 0:
-        raise ConfigError(f"data.batch_size={per_rank_batch} x {info.world_size} process(es) is larger than "
-                          f"the training split ({len(train_ds)} clips): lower data.batch_size")
-    total_iters = int(t.max_iters) if t.max_iters else int(t.epochs) * iters_per_epoch
+    iters_per_epoch = plan.target_steps
+    if iters_per_epoch == 0 or any(plan.steps(e) == 0 for e in range(plan.num_epochs)):
+        largest = max(clips for shape in plan.epochs for _, clips in shape.cycle)
+        under = f"(up to {largest} per process under trainer.multigrid) " if plan.varies else ""
+        raise ConfigError(f"data.batch_size={per_rank_batch} x {info.world_size} process(es) {under}is "
+                          f"larger than the training split ({len(train_ds)} clips): lower data.batch_size")
+    total_iters = plan.total_iters(t.max_iters)
     check_warmup(cfg.optim, iters_per_epoch, total_iters)
 
     net = build_model(cfg, device)
@@ -227,7 +251,12 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
         load_weights_for_finetuning(net, str(t.init_weights), list(train_ds.class_names))
     stats = model_stats(net, cfg) if info.is_main else {}
     log_nonlocal_path(net)
-    if info.enabled and t.sync_bn and device.type == "cuda":
+    if plan.varies:  # BN statistics over a fixed number of clips, whatever the step's batch
+        net = split_batch_norm(net, int(t.multigrid.bn_base_size))
+        log.info("multigrid: batch norm statistics over groups of %d clips per process "
+                 "(trainer.multigrid.bn_base_size)%s", int(t.multigrid.bn_base_size),
+                 "; trainer.sync_bn is not used" if info.enabled and t.sync_bn else "")
+    elif info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif info.enabled and t.sync_bn:
         log.info("trainer.sync_bn: SyncBatchNorm needs CUDA; on %s BN statistics stay per process", device)
@@ -244,13 +273,13 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, n
             "model_name": cfg.model.name, "model_stats": stats}
     return Loop(
         cfg=cfg, net=net, model=model, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.optim, iters_per_epoch, total_iters),
+        scheduler=build_scheduler(optimizer, cfg.optim, iters_per_epoch, total_iters, plan),
         scaler=torch.amp.GradScaler(device.type) if amp_mode(t.amp, device) == "fp16" else None,
         forward=make_forward(cfg, device), multi_label=multi_label, per_rank_batch=per_rank_batch,
-        iters_per_epoch=iters_per_epoch, total_iters=total_iters, sync_period=sync_period(t, device),
-        run_dir=run_dir, meta=meta,
+        iters_per_epoch=iters_per_epoch, total_iters=total_iters, plan=plan,
+        sync_period=sync_period(t, device), run_dir=run_dir, meta=meta,
         tb=TensorBoard(str(run_dir / "tb"), enabled=bool(t.tensorboard)),
-        preemption=PreemptionHandler(preempt_signals(cfg)), faults=faults)
+        preemption=PreemptionHandler(preempt_signals(cfg)), faults=FaultInjection(t.debug))
 
 
 def log_nonlocal_path(net: torch.nn.Module) -> None:
@@ -470,6 +499,7 @@ def check_resumable(loop: Loop, saved: dict, path: str) -> None:
                           f"({_preview(names)}): point data.root/lists at the run's data, or choose a new "
                           "hydra.run.dir (trainer.init_weights= fine-tunes on other classes)")
     old, new = saved.get("config", {}), loop.meta["config"]
+    multigrid_change(loop, saved, old, path)
     k_old, k_new = (c.get("data", {}).get("clips_per_video", 1) for c in (old, new))
     if k_old != k_new:  # the epoch's position and length count videos of k clips
         raise ConfigError(f"checkpoint {path} was trained with data.clips_per_video={k_old}, this run has "
@@ -490,6 +520,22 @@ def check_resumable(loop: Loop, saved: dict, path: str) -> None:
                           "trainer.allow_config_change=true to resume anyway, or choose a new hydra.run.dir")
     log.warning("resuming with a changed %s config (trainer.allow_config_change): %s", what,
                 "; ".join(changed))
+
+
+def multigrid_change(loop: Loop, saved: dict, old: dict, path: str) -> None:
+    """Refuse a resume that would move the run to another multigrid plan: other ``trainer.multigrid``
+    settings, or (under multigrid) another global batch; the checkpoint's steps would land elsewhere."""
+    off = {"long_cycle": False, "short_cycle": False}
+    before = old.get("trainer", {}).get("multigrid") or off
+    now = loop.meta["config"]["trainer"].get("multigrid") or off
+    active = [mg for mg in (before, now) if mg.get("long_cycle") or mg.get("short_cycle")]
+    changed = config_changes(before, now, "trainer.multigrid") if active else []
+    batch = saved_global_batch(saved, loop.global_batch)
+    if active and batch != loop.global_batch:
+        changed.append(f"global batch {batch} -> {loop.global_batch}")
+    if changed:
+        raise ConfigError(f"checkpoint {path} was trained on another multigrid plan ({'; '.join(changed)}): "
+                          "resume with its settings, or choose a new hydra.run.dir")
 
 
 def config_changes(old: dict, new: dict, prefix: str) -> list[str]:
@@ -566,8 +612,9 @@ def keep_config_history(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) -> int:
-    """The epoch loop from ``state`` to the end of training; returns the exit status."""
+def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val, bn_loader=None) -> int:
+    """The epoch loop from ``state`` to the end of training; returns the exit status. ``bn_loader``:
+    precise BN's batches, at the target grid (default ``train_loader``; multigrid's steps vary)."""
     eta = RunEta(validates=val is not None)
     try:
         while state.iteration < loop.total_iters:
@@ -586,7 +633,7 @@ def run_epochs(loop: Loop, state: TrainState, train_sampler, train_loader, val) 
                 return 1
             if val is not None and is_validation_epoch(loop, state):
                 tic = time.perf_counter()
-                validate(loop, state, val, train_sampler, train_loader)
+                validate(loop, state, val, train_sampler, bn_loader or train_loader)
                 eta.val_seconds = time.perf_counter() - tic
             state.epoch, state.step, state.samples, state.epoch_sum = epoch + 1, 0, 0, Meter()
             save(loop, state)
@@ -611,7 +658,7 @@ def short_batch(loop: Loop, state: TrainState, sampler, loader) -> list[dict]:
     an item of ``data.clips_per_video`` clips (``clips_per_item``)."""
     k = getattr(loader.dataset, "clips_per_item", 1)
     done = state.samples // du.get_world_size()  # this rank's clips of the epoch order, k per video
-    short = -done % loop.per_rank_batch
+    short = 0 if loop.plan.varies else -done % loop.per_rank_batch  # multigrid: batch changes are refused
     sampler.set_epoch(state.epoch, start=done // k)
     if not short:
         return []
@@ -726,6 +773,7 @@ class StepRecord:
     lrs: list[float]  # each parameter group's learning rate in the step
     grad_norm: torch.Tensor  # before clipping
     data_time: float
+    shape: tuple[int, int, int] = (0, 0, 0)  # this rank's clips, frames, crop size (multigrid: they vary)
     iter_time: float = 0.0
 
 
@@ -746,7 +794,9 @@ def train_step(loop: Loop, state: TrainState, batch: dict, data_time: float) -> 
     loop.scheduler.step()
     state.iteration += 1
     state.samples += b * du.get_world_size()
-    return StepRecord(on_device, on_host, new_bad, state.iteration, state.step + 1, lrs, grad_norm, data_time)
+    clip = batch["clip"].shape
+    return StepRecord(on_device, on_host, new_bad, state.iteration, state.step + 1, lrs, grad_norm, data_time,
+                      shape=(clip[0], clip[2], clip[3]))
 
 
 def sync_steps(loop: Loop, state: TrainState, records: list[StepRecord], steps: int) -> torch.Tensor:
@@ -792,7 +842,7 @@ class EpochLog:
             self.progress.update(it=record.iteration, loss=float(reduced[0] / reduced[2]), lr=record.lrs[0],
                                  clips_s=self.window.n / max(self.window.time, 1e-9))  # as TensorBoard's
             if self.window.iters >= self.progress.log_period or record.step == self.steps:
-                log_window(loop, self.window, record.lrs, self.grad_norms, record.iteration)
+                log_window(loop, self.window, record, self.grad_norms)
                 self.window, self.grad_norms = Meter(), []
         return bool(rows[:, 3].sum() > 0)
 
@@ -815,13 +865,15 @@ def update_weights(loop: Loop, loss: torch.Tensor) -> torch.Tensor:
     return grad_norm
 
 
-def log_window(loop: Loop, window: Meter, lrs: list[float], grad_norms: list[torch.Tensor],
-               iteration: int) -> None:
+def log_window(loop: Loop, window: Meter, last: StepRecord, grad_norms: list[torch.Tensor]) -> None:
     """The logging window's means: loss, top-1, throughput, the learning rate (``train/lr`` is group 0's,
     ``train/lr/group<i>`` each group's), the gradient norm before clipping (steps the fp16 scaler
-    skipped left out) and, on CUDA, the peak memory since the previous window."""
+    skipped left out), on CUDA the peak memory since the previous window and, under multigrid, the
+    window's last step's shape (``multigrid/batch``: clips per process, ``multigrid/frames``,
+    ``multigrid/crop_size``)."""
     if not loop.tb.enabled:
         return
+    lrs, iteration = last.lrs, last.iteration
     scalars = {"loss/train": window.loss / window.n, "train/lr": lrs[0],
                "train/clips_per_s": window.n / max(window.time, 1e-9),
                "train/data_time_frac": window.data_time / max(window.time, 1e-9)}
@@ -832,6 +884,9 @@ def log_window(loop: Loop, window: Meter, lrs: list[float], grad_norms: list[tor
     if finite:
         scalars["train/grad_norm"] = sum(finite) / len(finite)
     scalars.update(gpu_memory_gib(next(loop.net.parameters()).device))
+    if loop.plan.varies:
+        scalars.update(dict(zip(("multigrid/batch", "multigrid/frames", "multigrid/crop_size"), last.shape,
+                                strict=True)))
     loop.tb.scalars(scalars, iteration)
 
 

@@ -1,0 +1,312 @@
+"""What every training step trains on: its sampling grid (frames x crop) and its clips per process.
+
+A standard run trains one grid, ``data.num_frames`` x ``data.train_crop_size``, at ``data.batch_size``
+clips per step, every epoch the same (:func:`standard_plan`). **Multigrid training** (C.-Y. Wu, R.
+Girshick, K. He, C. Feichtenhofer, P. Krähenbühl, *A Multigrid Method for Efficiently Training Video
+Models*, CVPR 2020; ``trainer.multigrid``) changes the grid on a schedule and scales the batch so each
+step costs about the same (clips x frames x crop² constant, :func:`batch_factor`):
+
+- the **long cycle** (``long_cycle``) visits coarse-to-fine base grids ``long_cycle_factors`` (frames,
+  crop relative to the target) once per learning-rate stage, each grid for an equal number of steps,
+  then trains the last stage (fine-tuning) at the target grid; the learning rate of a stage is scaled
+  with its batch (linear scaling); one grid per epoch, so it changes at epoch boundaries;
+- the **short cycle** (``short_cycle``) changes the crop every step: ``short_cycle_factors`` x the
+  target crop, then the epoch's base grid, in turn (batches 4x, 2x, 1x with the default factors);
+- the run lasts ``epoch_factor`` x ``trainer.epochs`` epochs (multigrid epochs are cheaper).
+
+The schedule's numbers follow PySlowFast's ``MULTIGRID.*`` (``slowfast/utils/multigrid.py``): the same
+long-cycle epochs, fine-tuning length (the same step saving as the rest of the run) and learning-rate
+stages. Fewer frames cover the clip's whole span (a larger sampling rate), a smaller crop the same
+picture (scales shrink with it): a coarser sampling grid of the same clip, and a smaller decode.
+
+A plan is a pure function of the config and the clips per process, so every rank computes the same one
+(all ranks train the same grid each step) and a resumed run finds each step where it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from dataclasses import dataclass, replace
+from itertools import accumulate
+
+from omegaconf import DictConfig
+
+from nlvideo.engine.faults import FaultInjection
+
+log = logging.getLogger("nlvideo.train")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A clip's sampling grid: frames and square crop size."""
+
+    frames: int
+    crop: int
+
+
+@dataclass(frozen=True)
+class EpochShape:
+    """The steps of one epoch: ``cycle`` lists (grid index, clips per process) of consecutive steps,
+    repeated until the epoch's clips run out; ``lr_scale`` multiplies the learning rate."""
+
+    cycle: tuple[tuple[int, int], ...]
+    lr_scale: float = 1.0
+
+
+class TrainPlan:
+    """Grids and batch sizes of every step of a run. ``grids[0]`` is the target grid (validation,
+    precise BN). Epochs past the last listed one repeat it (a standard run's ``trainer.max_iters`` may
+    go beyond ``trainer.epochs``)."""
+
+    def __init__(self, grids: list[Grid], epochs: list[EpochShape], clips_per_rank: int, batch: int,
+                 max_steps_per_epoch: int | None = None, lr_steps: list[float] | None = None,
+                 stretch: float = 1.0):
+        self.grids = grids
+        self.batch_size = batch  # clips per process of a step of the target grid
+        self.epochs = epochs
+        self.clips_per_rank = clips_per_rank
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.lr_steps = lr_steps  # learning-rate milestones in epochs of this plan (None: optim.steps)
+        self.stretch = stretch  # this plan's epochs per configured epoch (optim milestones, warm-up)
+        self._starts = [0, *accumulate(self.steps(e) for e in range(len(epochs)))]
+
+    @property
+    def varies(self) -> bool:
+        """Whether grids or batch sizes change during the run (multigrid)."""
+        return len(set(self.epochs)) > 1 or len(self.epochs[0].cycle) > 1
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.epochs)
+
+    @property
+    def target_steps(self) -> int:
+        """Steps of a standard epoch (the target grid at ``batch_size``), at most ``max_steps_per_epoch``."""
+        n = self.clips_per_rank // self.batch_size
+        return min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch else n
+
+    def shape(self, epoch: int) -> EpochShape:
+        return self.epochs[min(epoch, len(self.epochs) - 1)]
+
+    def steps(self, epoch: int) -> int:
+        """Steps of ``epoch``: whole batches of the cycle out of ``clips_per_rank`` (the rest is dropped,
+        as a standard loader drops an incomplete last batch), at most ``max_steps_per_epoch``."""
+        sizes = [clips for _, clips in self.shape(epoch).cycle]
+        full, rest = divmod(self.clips_per_rank, sum(sizes))
+        n = full * len(sizes)
+        for size in sizes:
+            if rest < size:
+                break
+            rest, n = rest - size, n + 1
+        return min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch else n
+
+    def batch(self, epoch: int, step: int) -> tuple[int, int]:
+        """(grid index, clips per process) of ``step`` (0-based) of ``epoch``."""
+        cycle = self.shape(epoch).cycle
+        return cycle[step % len(cycle)]
+
+    def clips_before(self, epoch: int, step: int) -> int:
+        """Clips per process of the first ``step`` steps of ``epoch``."""
+        cycle = self.shape(epoch).cycle
+        full, rest = divmod(step, len(cycle))
+        return full * sum(c for _, c in cycle) + sum(c for _, c in cycle[:rest])
+
+    def step_after(self, epoch: int, clips: int) -> int:
+        """The step of ``epoch`` that starts after ``clips`` clips per process; ValueError if ``clips``
+        ends inside a step (a resume always lands on a step boundary of the plan it was written with)."""
+        cycle = self.shape(epoch).cycle
+        full, rest = divmod(clips, sum(c for _, c in cycle))
+        step = full * len(cycle)
+        for _, size in cycle:
+            if rest <= 0:
+                break
+            rest, step = rest - size, step + 1
+        if rest != 0:
+            raise ValueError(f"{clips} clips per process end inside a step of epoch {epoch + 1}")
+        return step
+
+    def epoch_start(self, epoch: int) -> int:
+        """Global iteration at which ``epoch`` starts."""
+        if epoch < len(self._starts):
+            return self._starts[epoch]
+        return self._starts[-1] + (epoch - len(self.epochs)) * self.steps(len(self.epochs) - 1)
+
+    def locate(self, iteration: int) -> tuple[int, int]:
+        """(epoch, step) of global ``iteration`` (0-based)."""
+        if iteration < self._starts[-1]:
+            epoch = bisect.bisect_right(self._starts, iteration) - 1
+        else:
+            last = max(self.steps(len(self.epochs) - 1), 1)
+            epoch = len(self.epochs) + (iteration - self._starts[-1]) // last
+        return epoch, iteration - self.epoch_start(epoch)
+
+    def epochs_at(self, iteration: int, per_iteration: bool = True) -> float:
+        """Training progress at ``iteration`` in (fractional) epochs: the learning rate's clock."""
+        epoch, step = self.locate(iteration)
+        return epoch + (step / max(self.steps(epoch), 1) if per_iteration else 0.0)
+
+    def total_iters(self, max_iters: int | None) -> int:
+        """Steps of the whole run: ``max_iters`` if set (may go past the listed epochs), else the plan's."""
+        return int(max_iters) if max_iters else self._starts[-1]
+
+    def describe(self) -> list[str]:
+        """One line per run of epochs with the same steps, for the log."""
+        lines, e = [], 0
+        while e < len(self.epochs):
+            end = e
+            while end + 1 < len(self.epochs) and self.epochs[end + 1] == self.epochs[e]:
+                end += 1
+            shape = self.epochs[e]
+            steps = ", ".join(f"{self.grids[g].frames}x{self.grids[g].crop}² x{c}" for g, c in shape.cycle)
+            lines.append(f"epochs {e + 1}-{end + 1}: {steps} (frames x crop² x clips per process), "
+                         f"{self.steps(e)} steps an epoch, lr x{shape.lr_scale:g}")
+            e = end + 1
+        return lines
+
+
+def batch_factor(target: Grid, grid: Grid) -> int:
+    """How many times more clips a step of ``grid`` holds than one of ``target`` (same cost a step)."""
+    return max(1, round(target.frames * target.crop ** 2 / (grid.frames * grid.crop ** 2)))
+
+
+def standard_plan(frames: int, crop: int, batch: int, epochs: int, clips_per_rank: int,
+                  max_steps_per_epoch: int | None = None) -> TrainPlan:
+    """One grid and batch for every step: a run without multigrid."""
+    return TrainPlan([Grid(frames, crop)], [EpochShape(((0, batch),))] * max(int(epochs), 1),
+                     clips_per_rank, batch, max_steps_per_epoch)
+
+
+def build_plan(cfg: DictConfig, clips_per_rank: int, batch: int) -> TrainPlan:
+    """The plan of ``cfg`` (``trainer.multigrid``; standard when both cycles are off) for a training
+    split of ``clips_per_rank`` samples per process, ``batch`` a step at the target grid. A sample is a
+    clip, or a video of ``data.clips_per_video`` clips (what the sampler yields)."""
+    t, d, mg = cfg.trainer, cfg.data, cfg.trainer.multigrid
+    frames, crop = int(d.num_frames), int(d.train_crop_size)
+    truncate = FaultInjection(t.debug).max_iters_per_epoch  # smoke tests' short epochs
+    if not (mg.long_cycle or mg.short_cycle):
+        return standard_plan(frames, crop, batch, int(t.epochs), clips_per_rank, truncate)
+    target = Grid(frames, crop)
+    grids = [target]
+
+    def index(grid: Grid) -> int:
+        if grid not in grids:
+            grids.append(grid)
+        return grids.index(grid)
+
+    short = [round(crop * f) for f in mg.short_cycle_factors] if mg.short_cycle else []
+
+    def cycle(base: Grid) -> tuple[tuple[int, int], ...]:
+        """The steps of an epoch whose base grid is ``base``: the short cycle's crops, then ``base``."""
+        steps = [Grid(base.frames, c) for c in short] + [base]
+        return tuple((index(g), batch * batch_factor(target, g)) for g in steps)
+
+    epochs, factor = int(t.epochs), float(mg.epoch_factor)
+    if not mg.long_cycle:
+        total = max(1, round(epochs * factor))
+        return TrainPlan(grids, [EpochShape(cycle(target))] * total, clips_per_rank, batch, truncate,
+                         stretch=total / epochs)
+    bases = [Grid(max(1, round(frames * ft)), max(1, round(crop * fs))) for ft, fs in mg.long_cycle_factors]
+    bounds = lr_stage_bounds(cfg, epochs)
+    stages = long_cycle_schedule(bounds, epochs, factor,
+                                 [sum(c for _, c in cycle(b)) / len(cycle(b)) / batch for b in bases])
+    shapes, lr_steps, stage_start = [], [], {}
+    for stage, base_index, end in stages:
+        base = bases[base_index]
+        stage_start.setdefault(stage, len(shapes))
+        shapes += [EpochShape(cycle(base), lr_scale=float(batch_factor(target, base)))] * (end - len(shapes))
+    last = max(stage_start)
+    lr_steps = [float(stage_start[s]) for s in sorted(stage_start) if 0 < s < last]
+    lr_steps.append(float((stage_start[last] + len(shapes)) // 2))  # fine-tuning: second half a stage lower
+    return TrainPlan(grids, shapes, clips_per_rank, batch, truncate, lr_steps=lr_steps,
+                     stretch=len(shapes) / epochs)
+
+
+def lr_stage_bounds(cfg: DictConfig, epochs: int) -> list[float]:
+    """Starts of the learning-rate stages that hold long cycles, in configured epochs (the last stage,
+    from the last bound to the end, is the fine-tuning one): ``optim.steps`` of a step schedule, else
+    ``trainer.multigrid.long_cycles`` equal stages before a fine-tuning stage of the same length."""
+    o = cfg.optim
+    if o.get("schedule") == "step" and o.get("steps"):
+        return [0.0, *sorted(float(s) for s in o.steps if 0 < float(s) < epochs)]
+    n = int(cfg.trainer.multigrid.long_cycles)
+    return [epochs * i / (n + 1) for i in range(n + 1)]
+
+
+def long_cycle_schedule(bounds: list[float], epochs: int, epoch_factor: float,
+                        avg_batch: list[float]) -> list[tuple[int, int, int]]:
+    """(stage, long-cycle grid index, end epoch) of every part of the run, PySlowFast's rule: in each
+    stage the grids get epochs in proportion to their mean batch factor ``avg_batch`` (so equal steps
+    each); the fine-tuning stage (last grid) keeps the step saving of the rest; the whole is scaled to
+    ``epochs x epoch_factor`` epochs and rounded to whole epochs (parts rounded away are dropped)."""
+    parts, steps = [], 0.0
+    for stage in range(len(bounds) - 1):
+        span = bounds[stage + 1] - bounds[stage]
+        for g, b in enumerate(avg_batch):
+            length = span * b / sum(avg_batch)
+            steps += length / b
+            parts.append((stage, g, length))
+    saving = bounds[-1] / steps if steps else 1.0
+    parts.append((len(bounds) - 1, len(avg_batch) - 1, (epochs - bounds[-1]) / saving * avg_batch[-1]))
+    scale = epochs * epoch_factor / sum(p[2] for p in parts)
+    out, total = [], 0.0
+    for stage, g, length in parts:
+        total += length * scale
+        end = int(round(total))
+        if end > (out[-1][2] if out else 0):
+            out.append((stage, g, end))
+    return out
+
+
+def grid_spec(spec, target: Grid, grid: Grid):
+    """The training :class:`~nlvideo.data.dataset.ClipSpec` of ``grid``, from the target's ``spec``: the
+    same clip span (sampling rate x target frames / frames) and picture (scales x crop / target crop)."""
+    if grid == target:
+        return spec
+    zoom = grid.crop / target.crop
+    return replace(spec, num_frames=grid.frames, crop_size=grid.crop,
+                   sampling_rate=spec.sampling_rate * target.frames / grid.frames,
+                   min_scale=max(grid.crop, round(spec.min_scale * zoom)),
+                   max_scale=max(grid.crop, round(spec.max_scale * zoom)))
+
+
+def log_plan(plan: TrainPlan, per_rank_batch: int) -> None:
+    if not plan.varies:
+        return
+    log.info("multigrid: %d epochs, %d steps (a standard run of the target grid at %d clips per process: "
+             "%d steps an epoch)", plan.num_epochs, plan.total_iters(None), per_rank_batch,
+             plan.clips_per_rank // per_rank_batch)
+    for line in plan.describe():
+        log.info("multigrid: %s", line)
+
+
+def check_multigrid(cfg: DictConfig) -> None:
+    """``trainer.multigrid`` keys (one-line :class:`ValueError` naming the key)."""
+    mg = cfg.trainer.multigrid
+    for key in ("long_cycle", "short_cycle"):
+        if not isinstance(mg.get(key), bool):
+            raise ValueError(f"trainer.multigrid.{key}={mg.get(key)!r} must be true or false")
+    if not (mg.long_cycle or mg.short_cycle):
+        return
+    if not _positive(mg.get("epoch_factor")):
+        raise ValueError(f"trainer.multigrid.epoch_factor={mg.get('epoch_factor')!r} must be a number > 0")
+    pairs = mg.get("long_cycle_factors")
+    if not pairs or not all(len(p) == 2 and all(_positive(x) for x in p) for p in pairs):
+        raise ValueError(f"trainer.multigrid.long_cycle_factors={pairs!r} must be a list of [frames, crop] "
+                         "factors > 0")
+    factors = mg.get("short_cycle_factors")
+    if not factors or not all(_positive(x) and x <= 1 for x in factors):
+        raise ValueError(f"trainer.multigrid.short_cycle_factors={factors!r} must be a list of crop factors "
+                         "in (0, 1]")
+    for key in ("bn_base_size", "long_cycles"):
+        value = mg.get(key)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"trainer.multigrid.{key}={value!r} must be an integer >= 1")
+    if cfg.optim.get("unit", "epoch") != "epoch":
+        raise ValueError("trainer.multigrid needs optim.unit=epoch: its schedule is in epochs, and a step's "
+                         f"size changes under it (optim.unit={cfg.optim.unit})")
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
