@@ -142,7 +142,8 @@ def test_clips_are_decoded_at_their_grid_with_the_same_span(synthetic_cfg, tmp_p
     target = Grid(synthetic_cfg.num_frames, synthetic_cfg.train_crop_size)
     coarse = grid_spec(ds.spec, target, Grid(2, 24))
     assert coarse.num_frames == 2 and coarse.crop_size == 24
-    assert coarse.sampling_rate * 2 == ds.spec.sampling_rate * 8 and coarse.max_scale < ds.spec.max_scale
+    assert coarse.sampling_rate * (2 - 1) == ds.spec.sampling_rate * (8 - 1)  # first to last frame: 56
+    assert coarse.max_scale < ds.spec.max_scale
     ds.grid_specs = [ds.spec, coarse]
     item = ds[(5, 1234, 1)]
     assert item["clip"].shape == (3, 2, 24, 24) and item["valid"]
@@ -158,7 +159,8 @@ def test_clips_are_decoded_at_their_grid_with_the_same_span(synthetic_cfg, tmp_p
 MULTIGRID = ["trainer.multigrid.long_cycle=true", "trainer.multigrid.short_cycle=true",
              "trainer.multigrid.long_cycle_factors=[[0.5,1],[1,1]]",
              "trainer.multigrid.short_cycle_factors=[0.7071067811865476]", "trainer.multigrid.long_cycles=1",
-             "trainer.multigrid.bn_base_size=2", "data.batch_size=2", "trainer.epochs=2", "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10"]
+             "trainer.multigrid.bn_base_size=2", "data.batch_size=2", "trainer.epochs=2",
+             "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10"]
 
 
 def overrides(root: Path, run_dir: Path, *more: str) -> list[str]:
@@ -176,7 +178,7 @@ def reference(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
 def test_multigrid_run_trains_every_grid_and_logs_its_shape(reference):
     run_dir, out = reference
     assert "multigrid: 3 epochs, 12 steps" in out and "epoch 3/3 done" in out
-    assert out.count("validation:") == 3 and "non-local blocks take" in out
+    assert out.count("validation:") == 3 and "non-local blocks take" in out and "run eta" in out
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     shapes = {(int(b.value), int(f.value), int(c.value)) for b, f, c in zip(
@@ -247,3 +249,12 @@ def test_bad_multigrid_settings_are_one_line(synthetic_root, tmp_path, override,
     r = run_app("train.py", *overrides(synthetic_root, tmp_path / "bad"), override)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_charades_multi_label_data_trains_under_multigrid(synthetic_root, tmp_path):
+    """The Charades reader (multi-label, per-clip labels from each clip's own span) under both cycles."""
+    run_dir = tmp_path / "charades"
+    r = run_app("train.py", *overrides(synthetic_root, run_dir, "data=synthetic_charades"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "(multi-label)" in r.stdout and "multigrid: 3 epochs" in r.stdout
+    assert r.stdout.count("validation: mAP") == 3

@@ -79,7 +79,7 @@ class ClipSpec:
     """Everything needed to turn a video into a clip tensor (picklable, for workers)."""
 
     num_frames: int
-    sampling_rate: int
+    sampling_rate: float  # data.sampling_rate (an integer); multigrid stretches it for coarse grids
     target_fps: float | None
     train: bool
     min_scale: int

@@ -17,7 +17,8 @@ step costs about the same (clips x frames x crop² constant, :func:`batch_factor
 The schedule's numbers follow PySlowFast's ``MULTIGRID.*`` (``slowfast/utils/multigrid.py``): the same
 long-cycle epochs, fine-tuning length (the same step saving as the rest of the run) and learning-rate
 stages. Fewer frames cover the clip's whole span (a larger sampling rate), a smaller crop the same
-picture (scales shrink with it): a coarser sampling grid of the same clip, and a smaller decode.
+picture (scales shrink with it): a coarser sampling grid of the same clip, and a smaller decode
+(:func:`grid_spec`).
 
 A plan is a pure function of the config and the clips per process, so every rank computes the same one
 (all ranks train the same grid each step) and a resumed run finds each step where it was.
@@ -261,12 +262,16 @@ def long_cycle_schedule(bounds: list[float], epochs: int, epoch_factor: float,
 
 def grid_spec(spec, target: Grid, grid: Grid):
     """The training :class:`~nlvideo.data.dataset.ClipSpec` of ``grid``, from the target's ``spec``: the
-    same clip span (sampling rate x target frames / frames) and picture (scales x crop / target crop)."""
+    same picture (scales x crop / target crop) and the same span from first to last frame (sampling rate
+    x (target frames - 1) / (frames - 1)), so a coarse clip still holds what the target clip holds at
+    both ends, e.g. the cue and the probe of the built-in data. (PySlowFast draws a rate between the
+    target's and target's x target frames / frames, which covers up to the same number of frames.)"""
     if grid == target:
         return spec
     zoom = grid.crop / target.crop
+    steps = (target.frames - 1) / (grid.frames - 1) if grid.frames > 1 else target.frames
     return replace(spec, num_frames=grid.frames, crop_size=grid.crop,
-                   sampling_rate=spec.sampling_rate * target.frames / grid.frames,
+                   sampling_rate=spec.sampling_rate * steps,
                    min_scale=max(grid.crop, round(spec.min_scale * zoom)),
                    max_scale=max(grid.crop, round(spec.max_scale * zoom)))
 
