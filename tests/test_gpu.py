@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from nlvideo.engine.optim import build_optimizer, build_scheduler
+from nlvideo.engine.plan import standard_plan
 from nlvideo.engine.runtime import build_model, make_forward
 from nlvideo.engine.state import TrainState
 from nlvideo.engine.trainer import Loop, train_step
@@ -136,7 +137,8 @@ def train_steps(cfg: DictConfig, steps: int) -> tuple[list[torch.Tensor], list[t
     scaler = torch.amp.GradScaler("cuda") if cfg.trainer.amp == "fp16" else None
     loop = Loop(cfg=cfg, net=net, model=net, optimizer=optimizer, scaler=scaler,
                 scheduler=build_scheduler(optimizer, cfg.optim, 100, 100), forward=make_forward(cfg, CUDA),
-                multi_label=False, per_rank_batch=2, iters_per_epoch=100, total_iters=100)
+                multi_label=False, per_rank_batch=2, iters_per_epoch=100, total_iters=100,
+                plan=standard_plan(8, 32, 2, 1, 200))
     before = [p.detach().clone() for p in net.parameters()]
     g = torch.Generator().manual_seed(0)
     for it in range(steps):

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from nlvideo.engine import checkpoint as ck
 from nlvideo.engine.optim import build_optimizer, build_scheduler
+from nlvideo.engine.plan import standard_plan
 from nlvideo.engine.runtime import build_model, make_forward
 from nlvideo.engine.state import TrainState
 from nlvideo.engine.trainer import Loop, train_step
@@ -86,7 +87,8 @@ def test_fp16_overflow_steps_are_skipped_by_the_scaler(device, clip_grad_norm):
 
     stream = batches()
     loop = Loop(cfg=cfg, net=net, model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                forward=forward, multi_label=False, per_rank_batch=2, iters_per_epoch=100, total_iters=100)
+                forward=forward, multi_label=False, per_rank_batch=2, iters_per_epoch=100, total_iters=100,
+                plan=standard_plan(8, 32, 2, 1, 200))
     skipped = applied = 0
     for it in range(12):
         before = [p.detach().clone() for p in net.parameters()]
