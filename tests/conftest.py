@@ -1,8 +1,16 @@
 """Shared fixtures. ``synthetic_root`` is a small generated dataset (real H.264 mp4s), made once per
-session; ``synthetic_cfg`` is ``configs/data/synthetic.yaml`` pointed at it (per test, mutable)."""
+session; ``synthetic_cfg`` is ``configs/data/synthetic.yaml`` pointed at it (per test, mutable).
+
+The trained runs (``trained_checkpoint``, ``two_runs``, ``reference_run``) are made once per test session
+and read by every test that needs one, also across pytest-xdist workers (:func:`built_once`); a test that
+changes a run works on a copy."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +35,33 @@ def restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<session temp>/<name>``, made by ``build(path)`` once per test session. Under pytest-xdist the
+    workers share it: the first one builds it while the others wait on a lock, then all read the same
+    files (training the same tiny run on each worker would cost every worker its seconds of CPU)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above the workers' own
+    path, done = base / name, base / f".{name}.done"
+    with open(base / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a worker whose build failed left it half made
+            path.mkdir(parents=True)
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
+    """One copy for the session, its workers included: the shared runs below record its path."""
     from nlvideo.data.synthetic import ensure_synthetic
 
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("nlvideo_data") / "synthetic", workers=1, **SMALL_SYNTHETIC
-    )
+    def build(base: Path) -> None:
+        ensure_synthetic(base / "synthetic", workers=1, **SMALL_SYNTHETIC)
+
+    return built_once(tmp_path_factory, "nlvideo_data", build) / "synthetic"
 
 
 @pytest.fixture
@@ -81,16 +109,24 @@ def decoded_frame_ids(clip, mean=114.75, std=57.375):
     return [round(v / 3) for v in pixels.mean(dim=(0, 2, 3)).tolist()]
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
-    """A real train.py checkpoint (c2d_nl1, width 8, 2 iterations on ``synthetic_root``) for the
-    commands that start from one: predict.py, scripts/export.py."""
+def train_tiny(root: Path, run_dir: Path, *overrides: str) -> str:
+    """train.py with the tests' tiny settings on ``root``; asserts it succeeds, returns its stdout."""
     from tests.test_train_run import run_app, tiny_overrides
 
-    run_dir = tmp_path_factory.mktemp("trained")
-    r = run_app("train.py", *tiny_overrides(synthetic_root), "model=c2d_nl1", "trainer.max_iters=2",
-                "trainer.eval_period=0", f"hydra.run.dir={run_dir}")
+    r = run_app("train.py", *tiny_overrides(root), *overrides, f"hydra.run.dir={run_dir}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    """A real train.py checkpoint (c2d_nl1, width 8, 2 iterations on ``synthetic_root``, run dir
+    ``.../train``) for the commands that start from one: eval.py, predict.py, scripts/export.py."""
+    def build(base: Path) -> None:
+        train_tiny(synthetic_root, base / "train", "model=c2d_nl1", "trainer.max_iters=2",
+                   "trainer.eval_period=0")
+
+    run_dir = built_once(tmp_path_factory, "trained", build) / "train"
     return run_dir / "checkpoints" / "checkpoint_000000002.pt"
 
 
@@ -98,15 +134,26 @@ def trained_checkpoint(synthetic_root, tmp_path_factory) -> Path:
 def two_runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     """Two finished train.py runs, ``c2d`` and ``c2d_nl1`` (width 8, 2 epochs x 2 iterations, validated
     after each epoch), in one folder: what nlvideo.compare and TensorBoard are shown."""
-    from tests.test_train_run import run_app, tiny_overrides
+    models = ("c2d", "c2d_nl1")
 
-    base = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for model in ("c2d", "c2d_nl1"):
-        run_dir = base / model
-        r = run_app("train.py", f"model={model}", *tiny_overrides(synthetic_root), "trainer.epochs=2",
-                    "trainer.debug.max_iters_per_epoch=2", "trainer.deterministic=false",
-                    f"hydra.run.dir={run_dir}")
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        runs[model] = run_dir
-    return runs
+    def build(base: Path) -> None:
+        for model in models:
+            train_tiny(synthetic_root, base / model, f"model={model}", "trainer.epochs=2",
+                       "trainer.debug.max_iters_per_epoch=2", "trainer.deterministic=false")
+
+    base = built_once(tmp_path_factory, "runs", build)
+    return {model: base / model for model in models}
+
+
+@pytest.fixture(scope="session")
+def reference_run(synthetic_root, tmp_path_factory) -> Path:
+    """The uninterrupted baseline run (``tests.test_train_run.REFERENCE``: 2 epochs x 4 iterations, a
+    checkpoint every 2, validated after each epoch, deterministic) that killed-and-resumed runs must
+    reproduce bit for bit; its stdout is ``stdout.txt`` beside the run dir."""
+    from tests.test_train_run import REFERENCE
+
+    def build(base: Path) -> None:
+        out = train_tiny(synthetic_root, base / "reference", *REFERENCE)
+        (base / "stdout.txt").write_text(out)
+
+    return built_once(tmp_path_factory, "reference", build) / "reference"

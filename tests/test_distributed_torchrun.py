@@ -27,6 +27,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.slurm_cluster import free_port
 from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
 
+pytestmark = pytest.mark.xdist_group("ports")  # free_port(): see test_slurm.py
+
 # 64 px crops (upsampled from the 64 px videos): per-process BN statistics over 2 clips then differ
 # from the 4-clip ones by up to 1.5 % in loss here; at the default 48 px crops by up to 2.3 %.
 # fp32 (trainer.amp=auto would be bf16 on a GPU), so the comparison measures DDP and nothing else.

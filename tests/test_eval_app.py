@@ -13,12 +13,10 @@ import torch
 from tests.test_train_run import REPO, app_env, run_app, tiny_overrides
 
 
-def test_eval_multiview_on_a_checkpoint(synthetic_root, tmp_path):
-    train_dir = tmp_path / "train"
-    r = run_app("train.py", *tiny_overrides(synthetic_root), "model=c2d_nl1", "trainer.max_iters=2",
-                "trainer.eval_period=0", f"hydra.run.dir={train_dir}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    ckpt = train_dir / "checkpoints" / "checkpoint_000000002.pt"
+def test_eval_multiview_on_a_checkpoint(trained_checkpoint, synthetic_root, tmp_path):
+    """conftest's checkpoint: c2d_nl1 trained 2 iterations in a run dir named ``train``."""
+    ckpt = trained_checkpoint
+    train_dir = ckpt.parents[1]
 
     out = tmp_path / "eval"
     # Only the checkpoint and the view count are given: model (c2d_nl1), width and data come from it.

@@ -16,16 +16,13 @@ import torch
 from nlvideo.data.annotations import output_order
 from nlvideo.engine.config import ConfigError
 from nlvideo.engine.tester import load_checkpoint_for_testing
-from tests.test_train_run import run_app, tiny_overrides
+from tests.test_train_run import run_app
 
 
-@pytest.fixture(scope="module")
-def checkpoint(synthetic_root, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("eval_classes") / "train"
-    r = run_app("train.py", *tiny_overrides(synthetic_root), "trainer.max_iters=1", "trainer.eval_period=0",
-                f"hydra.run.dir={run_dir}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir / "checkpoints" / "checkpoint_000000001.pt"
+@pytest.fixture
+def checkpoint(trained_checkpoint) -> Path:
+    """conftest's train.py checkpoint (the tests read it, eval.py writes in their own folders)."""
+    return trained_checkpoint
 
 
 def predictions(out: Path) -> list[dict[str, str]]:

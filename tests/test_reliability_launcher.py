@@ -25,7 +25,7 @@ from tests.test_distributed_torchrun import node_command
 from tests.test_reliability_distributed import TORCHRUN, children, rank_of
 from tests.test_train_run import REPO, app_env, tiny_overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ports")]  # free_port(): see test_slurm.py
 TRAIN = ["trainer.eval_period=0", "trainer.epochs=2", "trainer.checkpoint.every_iters=0",
          "data.batch_size=2"]
 

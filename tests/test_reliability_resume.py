@@ -27,12 +27,10 @@ from tests.test_train_run import REFERENCE, REPO, app_env, run_app, tiny_overrid
 LOSS = re.compile(r"\] +it (\d+) +loss ([0-9.e+-]+)")
 
 
-@pytest.fixture(scope="module")
-def reference(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
-    run_dir = tmp_path_factory.mktemp("resume") / "reference"
-    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir, r.stdout
+@pytest.fixture
+def reference(reference_run) -> tuple[Path, str]:
+    """conftest's uninterrupted run (the same command as the cycles below) and its stdout."""
+    return reference_run, (reference_run.parent / "stdout.txt").read_text()
 
 
 def run_cycle(args: list[str], at_iteration: int | None = None, sig: int = signal.SIGKILL

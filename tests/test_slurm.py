@@ -25,7 +25,9 @@ import torch
 from tests.slurm_cluster import FINISHED, SlurmCluster, SlurmError, ensure_installed, free_port
 from tests.test_train_run import REPO, app_env, load_model_state, tiny_overrides
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+# xdist_group: the tests that pick a free port for a process to bind later run one at a time on one
+# pytest-xdist worker (README: --dist loadgroup), so two of them never pick the same port.
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("ports")]
 
 # 2 workers x 2 clips, 4 iterations per epoch: 40 iterations of ~0.1 s, a window to signal mid-run.
 TRAIN = ["data.batch_size=2", "trainer.epochs=10", "trainer.eval_period=0"]

@@ -48,14 +48,6 @@ def load_model_state(path: Path) -> dict[str, torch.Tensor]:
 REFERENCE = ["trainer.epochs=2", "trainer.checkpoint.every_iters=2", "trainer.checkpoint.keep_last=10"]
 
 
-@pytest.fixture(scope="module")
-def reference_run(synthetic_root, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("train") / "reference"
-    r = run_app("train.py", *tiny_overrides(synthetic_root), *REFERENCE, f"hydra.run.dir={run_dir}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir
-
-
 def test_full_run_writes_tensorboard_checkpoints_and_run_files(reference_run, synthetic_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
