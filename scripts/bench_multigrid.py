@@ -41,10 +41,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: --help and --dry-run need no torch
+    from nlvideo.compare import Run
+    from nlvideo.engine.plan import TrainPlan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -173,7 +179,7 @@ class Outcome:
     reach_gmacs: float | None
 
 
-def step_gmacs(run) -> tuple[np.ndarray, list[str]]:
+def step_gmacs(run: Run) -> tuple[np.ndarray, list[str]]:
     """Forward GMACs of each training step of a run (all processes), from its schedule recomputed from its
     config, and the warnings where it disagrees with the shapes the trainer logged."""
     import torch
@@ -197,7 +203,7 @@ def step_gmacs(run) -> tuple[np.ndarray, list[str]]:
     return np.array([clips * k * processes * macs[g] for g, clips in steps]), warnings
 
 
-def logged_shape_mismatches(run, plan, steps: list[tuple[int, int]], k: int) -> list[str]:
+def logged_shape_mismatches(run: Run, plan: TrainPlan, steps: list[tuple[int, int]], k: int) -> list[str]:
     """The logged iterations where the trainer's ``multigrid/*`` shape (clips per process, frames, crop)
     is not the recomputed schedule's: the GMACs would then be wrong."""
     logged = [run.series(f"multigrid/{tag}") for tag in ("batch", "frames", "crop_size")]
@@ -216,7 +222,7 @@ def logged_shape_mismatches(run, plan, steps: list[tuple[int, int]], k: int) -> 
             f"recomputed from its config at {len(bad)} iteration(s), e.g. {bad[0]}: its GMACs are not exact"]
 
 
-def measure(run, target: float, gmacs_per_step: np.ndarray) -> Outcome:
+def measure(run: Run, target: float, gmacs_per_step: np.ndarray) -> Outcome:
     from nlvideo.compare import reach_index
 
     steps, values = run.series("val/top1")
@@ -229,7 +235,7 @@ def measure(run, target: float, gmacs_per_step: np.ndarray) -> Outcome:
         reach_gmacs=float(cumulative[reach_iteration - 1]) if reach_iteration else None)
 
 
-def spread(values: list[float], fmt) -> str:
+def spread(values: list[float], fmt: Callable[[float], str]) -> str:
     """``mean (min–max)`` of values formatted by ``fmt``; the value alone for one."""
     if not values:
         return "—"
@@ -237,7 +243,8 @@ def spread(values: list[float], fmt) -> str:
     return text + (f" ({fmt(min(values))}–{fmt(max(values))})" if len(values) > 1 else "")
 
 
-def reached(values: list[float | None], fmt) -> str:
+def reached(values: list[float | None], fmt: Callable[[float], str]) -> str:
+    """:func:`spread` of the runs that reached the target, saying how many did when not all."""
     got = [v for v in values if v is not None]
     note = f", {len(got)} of {len(values)} runs" if got and len(got) < len(values) else ""
     return spread(got, fmt) + note
@@ -326,7 +333,8 @@ def summarise(runs: list[Planned], out: Path) -> str:
 # --- command line ---------------------------------------------------------------------------------------
 
 
-def _list(kind):
+def _list(kind: Callable[[str], object]) -> Callable[[str], list]:
+    """An argparse type: a comma-separated list of ``kind``."""
     def parse(text: str) -> list:
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]

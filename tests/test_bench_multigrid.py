@@ -3,13 +3,26 @@ truncated epoch of each schedule) whose report holds a number in every cell."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 
+import yaml
+
+from nlvideo.compare import find_event_dirs, load_run
 from tests.test_train_run import REPO, app_env, tiny_overrides
 
 SCRIPT = REPO / "scripts" / "bench_multigrid.py"
+
+
+def script_module():
+    """The script as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location("bench_multigrid", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_multigrid"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -88,6 +101,19 @@ def test_a_tiny_benchmark_reports_every_variant_and_a_rerun_keeps_its_runs(synth
     assert other.returncode == 2 and len(other.stderr.splitlines()) == 1
     assert f"error: {out / 'runs' / 'c2d_nl1_standard_seed0'} was trained by another command" in other.stderr
 
+    # The GMACs come from the schedule recomputed from the run's config, checked against the shapes the
+    # trainer logged: a config that no longer says what trained (other short-cycle crops: 36² where 24²
+    # trained) is a warning.
+    multigrid = out / "runs" / "c2d_nl1_multigrid_seed0"
+    per_step, warnings = script_module().step_gmacs(load_run(find_event_dirs([multigrid])[0]))
+    assert warnings == [] and f"{per_step.sum():.3g}" == rows["c2d_nl1 multigrid"][3]
+    config = yaml.safe_load((multigrid / "config_resolved.yaml").read_text())
+    config["trainer"]["multigrid"]["short_cycle_factors"] = [0.75, 0.9]
+    (multigrid / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    _, warnings = script_module().step_gmacs(load_run(find_event_dirs([multigrid])[0]))
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "c2d_nl1_multigrid_seed0: the logged multigrid shapes (clips, frames, crop) differ from the schedule")
+
 
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes_the_run(synthetic_root, tmp_path):
     """SIGINT to the process group (what a terminal's Ctrl-C sends) while the first run trains: train.py
@@ -96,8 +122,6 @@ def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes_the_run(synthet
     import os
     import signal
     import time
-
-    from nlvideo.compare import find_event_dirs, load_run
 
     out = tmp_path / "mg"
     args = ["--models", "c2d", "--seeds", "0", "--epochs", "2", "--out", str(out), "--",
