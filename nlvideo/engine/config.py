@@ -240,7 +240,7 @@ def _check_training(t: DictConfig) -> None:
     number(t, "preempt_exit_code", "trainer", integer=True, at_least=0, below=256)
     number(t, "dist_timeout_min", "trainer", above=0)
     _check_signals(t.preempt_signals)
-    if not _run_dir_has_checkpoints():  # else the run's own newest may win (trainer.checkpoint_to_resume)
+    if not _run_dir_has_checkpoints():  # else the run's own newest may win (resume_rules)
         _existing_file(t, "resume", ": pass a checkpoint file, trainer.resume=auto (the newest in the run "
                        "dir) or trainer.resume=null")
     _existing_file(t, "init_weights", "")
