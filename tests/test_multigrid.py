@@ -258,3 +258,22 @@ def test_charades_multi_label_data_trains_under_multigrid(synthetic_root, tmp_pa
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "(multi-label)" in r.stdout and "multigrid: 3 epochs" in r.stdout
     assert r.stdout.count("validation: mAP") == 3
+
+
+def test_repeated_clips_under_multigrid_count_videos_in_the_plan(synthetic_cfg):
+    """data.clips_per_video=2: the plan counts sampler items (videos), each step holds k clips of each, at
+    the step's grid."""
+    from nlvideo.data import build_loader
+
+    synthetic_cfg.clips_per_video, synthetic_cfg.batch_size = 2, 4
+    ds = build_dataset(synthetic_cfg, "train")
+    sampler = ClipSampler(len(ds), seed=0)
+    cfg = config(**{"trainer.epochs": 2, "trainer.multigrid.short_cycle": True,
+                    "trainer.multigrid.short_cycle_factors": [ROOT2],
+                    "data.num_frames": 8, "data.train_crop_size": 48})
+    plan = build_plan(cfg, sampler.per_rank, batch=2)  # 4 clips = 2 videos a step at the target grid
+    ds.grid_specs = [grid_spec(ds.spec, plan.grids[0], g) for g in plan.grids]
+    loader = build_loader(ds, synthetic_cfg, sampler, 4, batch_sampler=GridBatchSampler(sampler, plan))
+    sampler.set_epoch(0)
+    shapes = [tuple(b["clip"].shape) for b in loader]
+    assert shapes[:2] == [(8, 3, 8, 34, 34), (4, 3, 8, 48, 48)] and len(shapes) == plan.steps(0)
