@@ -363,7 +363,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="the first under both schedules, the others under multigrid "
                              "(default: c2d_nl5,c2d)")
     parser.add_argument("--seeds", type=_list(int), default=[0, 1, 2], help="default: 0,1,2")
-    parser.add_argument("--epochs", type=_positive, default=5,
+    parser.add_argument("--epochs", type=_positive, default=6,
                         help="epochs of the standard schedule (default: %(default)s)")
     parser.add_argument("--width", type=_positive, default=8, help="model.width (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the train.py commands, run nothing")

@@ -35,7 +35,7 @@ def test_the_default_plan_trains_three_variants_of_three_seeds(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = r.stdout.splitlines()
     runs = [re.fullmatch(rf"{sys.executable} {REPO / 'train.py'} \+experiment=nl_vs_baseline model=(\S+) "
-                         r"model.width=8 trainer.epochs=5 seed=(\d) trainer.multigrid.long_cycle=(\w+) "
+                         r"model.width=8 trainer.epochs=6 seed=(\d) trainer.multigrid.long_cycle=(\w+) "
                          r"trainer.multigrid.short_cycle=(\w+) data.num_workers=2 hydra.run.dir=(\S+)",
                          line).groups() for line in plan]
     variants = [("c2d_nl5", "standard", "false"), ("c2d_nl5", "multigrid", "true"),
