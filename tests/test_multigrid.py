@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nlvideo.data import ClipSampler, build_dataset
 from nlvideo.data.sampler import GridBatchSampler
+from nlvideo.engine.config import ConfigError, check_warmup
 from nlvideo.engine.optim import lr_factor_fn
 from nlvideo.engine.plan import Grid, build_plan, grid_spec
 from nlvideo.models.split_bn import SplitBatchNorm3d, split_batch_norm
@@ -75,6 +76,17 @@ def test_short_cycle_alone_stretches_the_schedule():
     at = {e: lr(plan.epoch_start(e)) for e in (0, 2, 5, 6, 12)}
     assert at[0] == pytest.approx(0.1) and at[2] == at[5] == 1.0  # warm-up 1.5 epochs, steps at 6, 12
     assert at[6] == pytest.approx(0.1) and at[12] == pytest.approx(0.01)
+
+
+def test_a_warm_up_is_checked_on_the_stretched_schedule():
+    """2 configured epochs, a 1-epoch warm-up: a multigrid run of 3 cheaper epochs (in fewer steps than 2
+    standard epochs) warms up for 1.5 of them; the standard check would count its steps as 0.7 epochs."""
+    cfg = config(**{"trainer.epochs": 2, "trainer.multigrid.short_cycle": True, "optim.warmup": 1.0})
+    plan = build_plan(cfg, clips_per_rank=1200, batch=16)
+    assert plan.total_iters(None) < 2 * plan.target_steps
+    check_warmup(cfg.optim, plan.target_steps, plan.total_iters(None), plan)
+    with pytest.raises(ConfigError, match="covers the whole run"):
+        check_warmup(cfg.optim, plan.target_steps, plan.total_iters(None) // 2, plan)
 
 
 def test_a_standard_plan_is_the_standard_epoch():
@@ -244,6 +256,7 @@ def test_two_torchrun_processes_train_the_plan(synthetic_root, tmp_path):
     ("trainer.multigrid.short_cycle_factors=[0.5,2]", "trainer.multigrid.short_cycle_factors"),
     ("trainer.multigrid.bn_base_size=0", "trainer.multigrid.bn_base_size=0 must be an integer >= 1"),
     ("data.batch_size=8", "is larger than the training split"),
+    ("trainer.multigrid.long_cycle_factors=[[0.125,1],[1,1]]", "a grid of 1 of data.num_frames=8 frames"),
 ])
 def test_bad_multigrid_settings_are_one_line(synthetic_root, tmp_path, override, message):
     r = run_app("train.py", *overrides(synthetic_root, tmp_path / "bad"), override)

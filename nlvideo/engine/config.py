@@ -22,7 +22,7 @@ from nlvideo.data.dataset import check_data_config, clips_per_video
 from nlvideo.data.loader import videos_per_step
 from nlvideo.engine.logging import PROGRESS_MODES
 from nlvideo.engine.optim import OPTIMIZERS, SCHEDULES, UNITS, lr_factor_fn
-from nlvideo.engine.plan import check_multigrid
+from nlvideo.engine.plan import check_multigrid, long_cycle_frames
 from nlvideo.models import ConfigError  # the model zoo's error type, so callers catch one class
 
 AMP_MODES = (None, "off", "auto", "bf16", "fp16")
@@ -304,18 +304,27 @@ def _validate(cfg: DictConfig, needs_train: bool) -> None:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     spec = make_spec(**model_cfg)
     spec.check_num_frames(int(cfg.data.num_frames))
+    stride = spec.temporal_stride
+    for frames in long_cycle_frames(cfg) if needs_train else []:
+        _need(frames >= stride and frames % stride == 0,
+              f"trainer.multigrid.long_cycle_factors: a grid of {frames} of data.num_frames="
+              f"{cfg.data.num_frames} frames does not fit model.input_variant={spec.input_variant}: frames "
+              f"must be a positive multiple of its temporal stride {stride}")
 
 
-def check_warmup(cfg_optim, iters_per_epoch: int, total_iters: int) -> None:
+def check_warmup(cfg_optim, iters_per_epoch: int, total_iters: int, plan=None) -> None:
     """Refuse a warm-up that lasts the whole run (e.g. ``trainer.epochs=1`` with a 1-epoch warm-up): the
     rate would only ramp, and towards the schedule's value at the warm-up's end, which for the cosine
-    schedule is its final value: the whole run would train at learning rate 0."""
+    schedule is its final value: the whole run would train at learning rate 0. Under multigrid both are
+    in the plan's epochs (the warm-up stretched as the schedule is)."""
     warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
     unit = cfg_optim.get("unit", "epoch")
     total = total_iters / iters_per_epoch if unit == "epoch" else float(total_iters)
+    if plan is not None and plan.varies:
+        warmup, total = warmup * plan.stretch, plan.epochs_in(total_iters)
     if warmup <= 0 or warmup < total:
         return
-    factor = lr_factor_fn(cfg_optim, iters_per_epoch, total_iters)
+    factor = lr_factor_fn(cfg_optim, iters_per_epoch, total_iters, plan)
     first, last = f"{factor(0):.3g}", f"{factor(total_iters - 1):.3g}"
     rate = f"stay at {first}" if first == last else f"only ramp from {first} to {last}"
     raise ConfigError(f"optim.warmup={warmup:g} {unit}(s) covers the whole run ({total:g} {unit}(s), "

@@ -86,8 +86,7 @@ def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int, plan=None) -
     per_iteration = bool(cfg_optim.get("per_iteration", True))
     if plan is not None and plan.varies:
         steps = plan.lr_steps if plan.lr_steps is not None else [s * plan.stretch for s in steps]
-        total = plan.epochs_at(total_iters) if total_iters < plan.total_iters(None) else plan.num_epochs
-        curve = schedule_curve(cfg_optim, total, warmup * plan.stretch, steps)
+        curve = schedule_curve(cfg_optim, plan.epochs_in(total_iters), warmup * plan.stretch, steps)
 
         def on_plan(iteration: int) -> float:
             epoch, _ = plan.locate(iteration)

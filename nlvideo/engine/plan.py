@@ -148,6 +148,10 @@ class TrainPlan:
         epoch, step = self.locate(iteration)
         return epoch + (step / max(self.steps(epoch), 1) if per_iteration else 0.0)
 
+    def epochs_in(self, iters: int) -> float:
+        """The (fractional) epochs of a run of ``iters`` steps: its length on the learning rate's clock."""
+        return self.epochs_at(iters) if iters < self._starts[-1] else float(self.num_epochs)
+
     def total_iters(self, max_iters: int | None) -> int:
         """Steps of the whole run: ``max_iters`` if set (may go past the listed epochs), else the plan's."""
         return int(max_iters) if max_iters else self._starts[-1]
@@ -284,6 +288,14 @@ def log_plan(plan: TrainPlan, per_rank_batch: int) -> None:
              plan.clips_per_rank // per_rank_batch)
     for line in plan.describe():
         log.info("multigrid: %s", line)
+
+
+def long_cycle_frames(cfg: DictConfig) -> list[int]:
+    """Frames of the long cycle's grids (none without it), for the model's temporal-stride check."""
+    mg = cfg.trainer.get("multigrid")
+    if not mg or not mg.long_cycle:
+        return []
+    return [max(1, round(int(cfg.data.num_frames) * ft)) for ft, _ in mg.long_cycle_factors]
 
 
 def check_multigrid(cfg: DictConfig) -> None:

@@ -248,7 +248,7 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, p
                           f"larger than the training split ({len(train_ds) * k} clips): lower "
                           "data.batch_size")
     total_iters = plan.total_iters(t.max_iters)
-    check_warmup(cfg.optim, iters_per_epoch, total_iters)
+    check_warmup(cfg.optim, iters_per_epoch, total_iters, plan)
 
     net = build_model(cfg, device)
     if t.init_weights:  # fine-tuning (e.g. Charades from Kinetics): weights only, new classifier
