@@ -109,10 +109,11 @@ class Planned:
 
 
 def plan_runs(args: argparse.Namespace, overrides: list[str]) -> list[Planned]:
-    """The runs, variant by variant (the first model under both schedules, the others under multigrid)."""
+    """The runs, seed by seed, every variant of a seed in turn (the first model under both schedules, the
+    others under multigrid): a machine whose load changes during the benchmark slows all variants alike."""
     variants = [(args.models[0], "standard"), *((m, "multigrid") for m in args.models)]
     return [Planned(m, s, seed, args.out, tuple(overrides), args.width, args.epochs)
-            for m, s in variants for seed in args.seeds]
+            for seed in args.seeds for m, s in variants]
 
 
 def check_plan(runs: list[Planned]) -> None:

@@ -42,7 +42,7 @@ def test_the_default_plan_trains_three_variants_of_three_seeds(tmp_path):
                 ("c2d", "multigrid", "true")]
     runs_dir = tmp_path / "mg" / "runs"
     assert runs == [(model, str(seed), cycles, cycles, str(runs_dir / f"{model}_{schedule}_seed{seed}"))
-                    for model, schedule, cycles in variants for seed in range(3)]
+                    for seed in range(3) for model, schedule, cycles in variants]
     assert not (tmp_path / "mg").exists()  # a plan creates nothing
 
 
