@@ -31,7 +31,7 @@ KEYS = """
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_job(train, cfg)
+    run_job(train, cfg, resumable=True)
 
 
 if __name__ == "__main__":

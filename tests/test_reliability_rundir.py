@@ -174,7 +174,10 @@ def test_second_ctrl_c_stops_at_once_without_traceback(synthetic_root, tmp_path)
     code, out = _train_until(synthetic_root, tmp_path / "ctrl_c2", ("epoch 1/1 [1/4]", signal.SIGINT),
                              ("received SIGINT", signal.SIGINT))
     assert code == 130, out[-3000:]
-    assert "Traceback" not in out and out.rstrip().endswith("interrupted"), out[-2000:]
+    last = out.rstrip().splitlines()[-1]
+    assert "Traceback" not in out and last.startswith("interrupted; to resume from the last checkpoint: "), \
+        out[-2000:]
+    assert f"hydra.run.dir={tmp_path / 'ctrl_c2'}" in last
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_in_train_log(synthetic_root, tmp_path):

@@ -125,10 +125,20 @@ def resume_command(run_dir: str | os.PathLike) -> str:
     return shlex.join(["python" if same else sys.executable, *args])
 
 
-def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
+def _resume_hint() -> str:
+    """"; to resume from the last checkpoint: <command>" for an interrupted training job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return f"; to resume from the last checkpoint: {resume_command(HydraConfig.get().runtime.output_dir)}"
+    except ValueError:  # Hydra has no config (not run as an app): nothing to rerun
+        return ""
+
+
+def run_job(job: Callable[[DictConfig], int], cfg: DictConfig, resumable: bool = False) -> None:
     """Run ``job(cfg)`` as a command: a ConfigError is one ``error:`` line and exit status 2, an
-    interrupt one line and 130, a non-zero status from the job exits with it; the process group is
-    always torn down."""
+    interrupt one line and 130 (``resumable``, train.py: with the command that resumes the run), a
+    non-zero status from the job exits with it; the process group is always torn down."""
     try:
         status = job(cfg)
     except ConfigError as exc:
@@ -142,7 +152,7 @@ def run_job(job: Callable[[DictConfig], int], cfg: DictConfig) -> None:
               "died or stalled longer than trainer.dist_timeout_min", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:  # a second Ctrl-C (the first one checkpoints and stops cleanly)
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{_resume_hint() if resumable else ''}", file=sys.stderr)
         status = 130
     finally:
         du.cleanup()
