@@ -65,28 +65,51 @@ def test_long_and_short_cycle_schedule_is_pyslowfasts():
 
 
 def test_short_cycle_alone_stretches_the_schedule():
+    """PySlowFast: epochs and milestones x epoch_factor, rounded down; the warm-up as configured."""
     cfg = config(**{"trainer.epochs": 10, "trainer.multigrid.short_cycle": True, "optim.schedule": "step",
                     "optim.steps": [4, 8], "optim.warmup": 1.0})
     plan = build_plan(cfg, clips_per_rank=1000, batch=16)
-    assert plan.num_epochs == 15 and plan.lr_steps is None and plan.stretch == 1.5
+    assert plan.num_epochs == 15 and plan.lr_steps == [6, 12]
+    assert [plan.configured_epochs(e) for e in (1, 2, 3, 15)] == [0, 1, 2, 10]  # validation's cadence
     assert [(plan.grids[g], c) for g, c in plan.shape(0).cycle] == [
         (Grid(8, 112), 64), (Grid(8, 158), 32), (Grid(8, 224), 16)]
     assert plan.steps(0) == 3 * 8 + 2  # 8 cycles of 112 clips, then 64 + 32 of the last 104
     lr = lr_factor_fn(cfg.optim, 1, plan.total_iters(None), plan)
-    at = {e: lr(plan.epoch_start(e)) for e in (0, 2, 5, 6, 12)}
-    assert at[0] == pytest.approx(0.1) and at[2] == at[5] == 1.0  # warm-up 1.5 epochs, steps at 6, 12
+    at = {e: lr(plan.epoch_start(e)) for e in (0, 1, 5, 6, 12)}
+    assert at[0] == pytest.approx(0.1) and at[1] == at[5] == 1.0  # warm-up 1 epoch, steps at 6, 12
     assert at[6] == pytest.approx(0.1) and at[12] == pytest.approx(0.01)
 
 
-def test_a_warm_up_is_checked_on_the_stretched_schedule():
-    """2 configured epochs, a 1-epoch warm-up: a multigrid run of 3 cheaper epochs (in fewer steps than 2
-    standard epochs) warms up for 1.5 of them; the standard check would count its steps as 0.7 epochs."""
+def test_a_warm_up_is_checked_on_the_plans_epochs():
+    """2 configured epochs, a 1-epoch warm-up: a multigrid run of 3 cheaper epochs, in fewer steps than
+    one standard epoch, warms up for 1 of them; the standard check counted its steps as 0.7 epochs and
+    refused it. A run of 1 plan epoch is refused, naming the configured warm-up."""
     cfg = config(**{"trainer.epochs": 2, "trainer.multigrid.short_cycle": True, "optim.warmup": 1.0})
     plan = build_plan(cfg, clips_per_rank=1200, batch=16)
-    assert plan.total_iters(None) < 2 * plan.target_steps
+    assert plan.num_epochs == 3 and plan.total_iters(None) < 2 * plan.target_steps
     check_warmup(cfg.optim, plan.target_steps, plan.total_iters(None), plan)
-    with pytest.raises(ConfigError, match="covers the whole run"):
-        check_warmup(cfg.optim, plan.target_steps, plan.total_iters(None) // 2, plan)
+    with pytest.raises(ConfigError, match=r"optim.warmup=1 epoch\(s\) covers the whole run \(1 epoch"):
+        check_warmup(cfg.optim, plan.target_steps, plan.epoch_start(1), plan)
+
+
+def test_short_runs_keep_pyslowfasts_rates_and_end_at_the_target_grid():
+    """Where the fine-tuning stage rounds away in PySlowFast (7 epochs, steps [3, 6]: its rates per
+    epoch 8 8 4 2 1 0.8 0.8 0.4 0.2 0.1, recorded from slowfast/utils/multigrid.py), the same rates, then
+    one fine-tuning epoch at the target grid; cosine stages add no rate drops; trainer.max_iters past the
+    plan continues the cosine instead of training at rate 0."""
+    cfg = config(**{"trainer.epochs": 7, "trainer.multigrid.long_cycle": True,
+                    "trainer.multigrid.short_cycle": True, "optim.schedule": "step", "optim.steps": [3, 6],
+                    "data.batch_size": 8})
+    plan = build_plan(cfg, clips_per_rank=240_000, batch=8)
+    lr = lr_factor_fn(cfg.optim, 1, plan.total_iters(None), plan)
+    assert [round(lr(plan.epoch_start(e)), 4) for e in range(plan.num_epochs)] == [
+        8, 8, 4, 2, 1, 0.8, 0.8, 0.4, 0.2, 0.1, 0.01]
+    assert plan.grids[plan.shape(10).cycle[-1][0]] == Grid(8, 224)
+    cosine = config(**{"trainer.epochs": 2, "trainer.multigrid.long_cycle": True})
+    plan = build_plan(cosine, clips_per_rank=240_000, batch=8)
+    assert plan.lr_steps == [] and plan.grids[plan.shape(plan.num_epochs - 1).cycle[-1][0]] == Grid(8, 224)
+    lr = lr_factor_fn(cosine.optim, 1, 2 * plan.total_iters(None), plan)
+    assert lr(plan.total_iters(None)) > 0.1  # the cosine goes on past the plan's end
 
 
 def test_a_standard_plan_is_the_standard_epoch():
@@ -190,14 +213,15 @@ def reference(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
 def test_multigrid_run_trains_every_grid_and_logs_its_shape(reference):
     run_dir, out = reference
     assert "multigrid: 3 epochs, 12 steps" in out and "epoch 3/3 done" in out
-    assert out.count("validation:") == 3 and "non-local blocks take" in out and "run eta" in out
+    assert out.count("validation:") == 2 and "non-local blocks take" in out and "run eta" in out
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     shapes = {(int(b.value), int(f.value), int(c.value)) for b, f, c in zip(
         acc.Scalars("multigrid/batch"), acc.Scalars("multigrid/frames"), acc.Scalars("multigrid/crop_size"),
         strict=True)}
     assert shapes == {(8, 4, 34), (4, 4, 48), (4, 8, 34), (2, 8, 48)}
-    assert [e.step for e in acc.Scalars("accuracy/val_top1")] == [2, 7, 12]
+    # validated after each configured epoch's worth: 2 of the plan's 3 epochs
+    assert [e.step for e in acc.Scalars("accuracy/val_top1")] == [7, 12]
     lrs = [e.value for e in acc.Scalars("train/lr")]
     assert lrs[0] > 1.9 * lrs[2]  # epoch 1 (4 frames) trains at twice the rate: twice the batch
 
@@ -230,7 +254,10 @@ def test_sigkill_mid_stage_resumes_bit_exact(reference, synthetic_root, tmp_path
     want = load_model_state(reference[0] / "checkpoints" / "checkpoint_000000012.pt")
     got = load_model_state(run_dir / "checkpoints" / "checkpoint_000000012.pt")
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
-    # another plan on resume is refused in one line, before any step
+    # another plan on resume is refused in one line, before any step: another trainer.epochs changes
+    # every epoch's steps, other multigrid settings are named
+    r = run_app("train.py", *overrides(synthetic_root, run_dir, "trainer.epochs=3"))
+    assert r.returncode == 2 and "another multigrid plan (epochs 1-1:" in r.stderr, r.stderr[-2000:]
     r = run_app("train.py", *overrides(synthetic_root, run_dir, "trainer.multigrid.short_cycle=false",
                                        "trainer.epochs=3"))
     assert r.returncode == 2 and "another multigrid plan" in r.stderr and "short_cycle: True -> False" in \
@@ -257,9 +284,16 @@ def test_two_torchrun_processes_train_the_plan(synthetic_root, tmp_path):
     ("trainer.multigrid.bn_base_size=0", "trainer.multigrid.bn_base_size=0 must be an integer >= 1"),
     ("data.batch_size=8", "is larger than the training split"),
     ("trainer.multigrid.long_cycle_factors=[[0.125,1],[1,1]]", "a grid of 1 of data.num_frames=8 frames"),
+    ("trainer.multigrid.short_cycle_factors=[0.001]", "leave a crop of at least 1"),
+    ("trainer.multigrid.long_cycle_factors=[0.5,1]", "must be a list of [frames, crop] factors"),
+    ("trainer.compile=true", "trainer.compile with trainer.multigrid"),
+    ("data.batch_size=1 trainer.multigrid.long_cycle_factors=[[1,1]] "
+     "trainer.multigrid.short_cycle_factors=[0.34]",  # crop 16: res4's 1x1 map has nothing to sub-sample
+     "the grid of 8 frames x 16² (data.num_frames=8 x data.train_crop_size=48, scaled by the cycle "
+     "factors) is too small for model=c2d_nl5"),
 ])
 def test_bad_multigrid_settings_are_one_line(synthetic_root, tmp_path, override, message):
-    r = run_app("train.py", *overrides(synthetic_root, tmp_path / "bad"), override)
+    r = run_app("train.py", *overrides(synthetic_root, tmp_path / "bad"), *override.split())
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
         r.stdout[-2000:] + r.stderr[-2000:]
 
@@ -270,7 +304,7 @@ def test_charades_multi_label_data_trains_under_multigrid(synthetic_root, tmp_pa
     r = run_app("train.py", *overrides(synthetic_root, run_dir, "data=synthetic_charades"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "(multi-label)" in r.stdout and "multigrid: 3 epochs" in r.stdout
-    assert r.stdout.count("validation: mAP") == 3
+    assert r.stdout.count("validation: mAP") == 2
 
 
 def test_repeated_clips_under_multigrid_count_videos_in_the_plan(synthetic_cfg):
@@ -290,3 +324,17 @@ def test_repeated_clips_under_multigrid_count_videos_in_the_plan(synthetic_cfg):
     sampler.set_epoch(0)
     shapes = [tuple(b["clip"].shape) for b in loader]
     assert shapes[:2] == [(8, 3, 8, 34, 34), (4, 3, 8, 48, 48)] and len(shapes) == plan.steps(0)
+
+
+def test_split_batch_norm_cumulative_statistics_for_precise_bn():
+    """Precise BN sets momentum=None (a cumulative average over its batches): the split BN's running
+    statistics are then the mean of the batches' whole-batch statistics, as a plain BN's are."""
+    torch.manual_seed(1)
+    batches = [torch.randn(16, 2, 2, 3, 3) * (i + 1) + i for i in range(3)]
+    split = SplitBatchNorm3d(2, 8, momentum=None).train()
+    plain = torch.nn.BatchNorm3d(2, momentum=None).train()
+    for x in batches:
+        split(x), plain(x)
+    assert torch.allclose(split.running_mean, plain.running_mean, atol=1e-6)
+    assert torch.allclose(split.running_var, plain.running_var, atol=1e-5)
+    assert int(split.num_batches_tracked) == 3

@@ -315,13 +315,13 @@ def _validate(cfg: DictConfig, needs_train: bool) -> None:
 def check_warmup(cfg_optim, iters_per_epoch: int, total_iters: int, plan=None) -> None:
     """Refuse a warm-up that lasts the whole run (e.g. ``trainer.epochs=1`` with a 1-epoch warm-up): the
     rate would only ramp, and towards the schedule's value at the warm-up's end, which for the cosine
-    schedule is its final value: the whole run would train at learning rate 0. Under multigrid both are
-    in the plan's epochs (the warm-up stretched as the schedule is)."""
+    schedule is its final value: the whole run would train at learning rate 0. Under multigrid the run
+    is counted in the plan's epochs."""
     warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
     unit = cfg_optim.get("unit", "epoch")
     total = total_iters / iters_per_epoch if unit == "epoch" else float(total_iters)
     if plan is not None and plan.varies:
-        warmup, total = warmup * plan.stretch, plan.epochs_in(total_iters)
+        total = plan.epochs_at(total_iters)
     if warmup <= 0 or warmup < total:
         return
     factor = lr_factor_fn(cfg_optim, iters_per_epoch, total_iters, plan)

@@ -78,15 +78,14 @@ def lr_factor_fn(cfg_optim, iters_per_epoch: int, total_iters: int, plan=None) -
     """Multiplier of the base rate as a function of the global iteration (0-based).
 
     A multigrid ``plan`` (:class:`~nlvideo.engine.plan.TrainPlan` whose steps vary) sets the clock
-    instead: progress in the plan's (fractional) epochs, the schedule stretched to the plan's length
-    (milestones and warm-up x ``plan.stretch``, or the long cycle's own ``plan.lr_steps``), and the rate
-    of each epoch scaled with its batch (``lr_scale``)."""
+    instead: progress in the plan's (fractional) epochs, over the plan's length, with the plan's own
+    milestones (``plan.lr_steps``: ``optim.steps`` stretched, or the long cycle's stages), the warm-up
+    as configured (as PySlowFast), and the rate of each epoch scaled with its batch (``lr_scale``)."""
     warmup = float(cfg_optim.get("warmup", 0.0) or 0.0)
     steps = [float(s) for s in (cfg_optim.get("steps") or [])]
     per_iteration = bool(cfg_optim.get("per_iteration", True))
     if plan is not None and plan.varies:
-        steps = plan.lr_steps if plan.lr_steps is not None else [s * plan.stretch for s in steps]
-        curve = schedule_curve(cfg_optim, plan.epochs_in(total_iters), warmup * plan.stretch, steps)
+        curve = schedule_curve(cfg_optim, plan.epochs_at(total_iters), warmup, plan.lr_steps or [])
 
         def on_plan(iteration: int) -> float:
             epoch, _ = plan.locate(iteration)

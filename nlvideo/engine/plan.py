@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nlvideo.engine.faults import FaultInjection
 
@@ -63,14 +63,14 @@ class TrainPlan:
 
     def __init__(self, grids: list[Grid], epochs: list[EpochShape], clips_per_rank: int, batch: int,
                  max_steps_per_epoch: int | None = None, lr_steps: list[float] | None = None,
-                 stretch: float = 1.0):
+                 base_epochs: int | None = None):
         self.grids = grids
         self.batch_size = batch  # clips per process of a step of the target grid
         self.epochs = epochs
         self.clips_per_rank = clips_per_rank
         self.max_steps_per_epoch = max_steps_per_epoch
         self.lr_steps = lr_steps  # learning-rate milestones in epochs of this plan (None: optim.steps)
-        self.stretch = stretch  # this plan's epochs per configured epoch (optim milestones, warm-up)
+        self.base_epochs = base_epochs or len(epochs)  # trainer.epochs: what the plan's epochs stand for
         self._starts = [0, *accumulate(self.steps(e) for e in range(len(epochs)))]
 
     @property
@@ -148,23 +148,30 @@ class TrainPlan:
         epoch, step = self.locate(iteration)
         return epoch + (step / max(self.steps(epoch), 1) if per_iteration else 0.0)
 
-    def epochs_in(self, iters: int) -> float:
-        """The (fractional) epochs of a run of ``iters`` steps: its length on the learning rate's clock."""
-        return self.epochs_at(iters) if iters < self._starts[-1] else float(self.num_epochs)
+    def configured_epochs(self, epochs: int) -> int:
+        """Whole configured epochs (``trainer.epochs``) that ``epochs`` epochs of this plan stand for:
+        validation keeps its ``trainer.eval_period`` cadence under multigrid's more, cheaper epochs."""
+        return epochs * self.base_epochs // len(self.epochs)
+
+    def fingerprint(self) -> str:
+        """What a resumed run must find unchanged: every epoch's steps, the learning-rate milestones."""
+        return "; ".join(self.describe()) + f"; lr steps {self.lr_steps}"
 
     def total_iters(self, max_iters: int | None) -> int:
         """Steps of the whole run: ``max_iters`` if set (may go past the listed epochs), else the plan's."""
         return int(max_iters) if max_iters else self._starts[-1]
 
-    def describe(self) -> list[str]:
-        """One line per run of epochs with the same steps, for the log."""
+    def describe(self, clips_per_sample: int = 1) -> list[str]:
+        """One line per run of epochs with the same steps, for the log (``clips_per_sample``:
+        ``data.clips_per_video``, the clips of each sample the plan counts)."""
         lines, e = [], 0
         while e < len(self.epochs):
             end = e
             while end + 1 < len(self.epochs) and self.epochs[end + 1] == self.epochs[e]:
                 end += 1
             shape = self.epochs[e]
-            steps = ", ".join(f"{self.grids[g].frames}x{self.grids[g].crop}² x{c}" for g, c in shape.cycle)
+            steps = ", ".join(f"{self.grids[g].frames}x{self.grids[g].crop}² x{c * clips_per_sample}"
+                              for g, c in shape.cycle)
             lines.append(f"epochs {e + 1}-{end + 1}: {steps} (frames x crop² x clips per process), "
                          f"{self.steps(e)} steps an epoch, lr x{shape.lr_scale:g}")
             e = end + 1
@@ -208,24 +215,30 @@ def build_plan(cfg: DictConfig, clips_per_rank: int, batch: int) -> TrainPlan:
         return tuple((index(g), batch * batch_factor(target, g)) for g in steps)
 
     epochs, factor = int(t.epochs), float(mg.epoch_factor)
-    if not mg.long_cycle:
-        total = max(1, round(epochs * factor))
-        return TrainPlan(grids, [EpochShape(cycle(target))] * total, clips_per_rank, batch, truncate,
-                         stretch=total / epochs)
+    if not mg.long_cycle:  # PySlowFast: epochs and milestones x epoch_factor, rounded down
+        steps = [float(int(float(m) * factor)) for m in cfg.optim.get("steps") or []]
+        return TrainPlan(grids, [EpochShape(cycle(target))] * max(1, int(epochs * factor)), clips_per_rank,
+                         batch, truncate, lr_steps=steps, base_epochs=epochs)
     bases = [Grid(max(1, round(frames * ft)), max(1, round(crop * fs))) for ft, fs in mg.long_cycle_factors]
     bounds = lr_stage_bounds(cfg, epochs)
-    stages = long_cycle_schedule(bounds, epochs, factor,
-                                 [sum(c for _, c in cycle(b)) / len(cycle(b)) / batch for b in bases])
-    shapes, lr_steps, stage_start = [], [], {}
-    for stage, base_index, end in stages:
-        base = bases[base_index]
-        stage_start.setdefault(stage, len(shapes))
-        shapes += [EpochShape(cycle(base), lr_scale=float(batch_factor(target, base)))] * (end - len(shapes))
-    last = max(stage_start)
-    lr_steps = [float(stage_start[s]) for s in sorted(stage_start) if 0 < s < last]
-    lr_steps.append(float((stage_start[last] + len(shapes)) // 2))  # fine-tuning: second half a stage lower
-    return TrainPlan(grids, shapes, clips_per_rank, batch, truncate, lr_steps=lr_steps,
-                     stretch=len(shapes) / epochs)
+    fine_tuning = len(bounds) - 1  # the last stage, at the target grid
+    scaled = bool(cfg.optim.get("linear_scaling", True))
+    parts = long_cycle_schedule(bounds, epochs, factor,
+                                [sum(c for _, c in cycle(b)) / len(cycle(b)) / batch for b in bases])
+    shapes, stage_of = [], []
+    for stage, base_index, end in parts:
+        base = target if stage == fine_tuning else bases[base_index]
+        shape = EpochShape(cycle(base), lr_scale=float(batch_factor(target, base)) if scaled else 1.0)
+        shapes += [shape] * (end - len(shapes))
+        stage_of += [stage] * (end - len(stage_of))
+    # the rate drops a stage at each stage's first epoch (twice where a stage rounded away), and at the
+    # middle of the fine-tuning stage, whose first half keeps the last long cycle's rate (PySlowFast)
+    lr_steps = [float(next((e for e, st in enumerate(stage_of) if st >= s), len(stage_of)))
+                for s in range(1, fine_tuning)]
+    lr_steps.append(float((stage_of.index(fine_tuning) + len(stage_of)) // 2))
+    if not (cfg.optim.get("schedule") == "step" and cfg.optim.get("steps")):
+        lr_steps = []  # stages made of trainer.multigrid.long_cycles: no rate drops the schedule lacks
+    return TrainPlan(grids, shapes, clips_per_rank, batch, truncate, lr_steps=lr_steps, base_epochs=epochs)
 
 
 def lr_stage_bounds(cfg: DictConfig, epochs: int) -> list[float]:
@@ -244,7 +257,8 @@ def long_cycle_schedule(bounds: list[float], epochs: int, epoch_factor: float,
     """(stage, long-cycle grid index, end epoch) of every part of the run, PySlowFast's rule: in each
     stage the grids get epochs in proportion to their mean batch factor ``avg_batch`` (so equal steps
     each); the fine-tuning stage (last grid) keeps the step saving of the rest; the whole is scaled to
-    ``epochs x epoch_factor`` epochs and rounded to whole epochs (parts rounded away are dropped)."""
+    ``epochs x epoch_factor`` epochs and rounded to whole epochs (parts rounded away are dropped). The
+    fine-tuning stage keeps at least one epoch: a short run still ends at the target grid."""
     parts, steps = [], 0.0
     for stage in range(len(bounds) - 1):
         span = bounds[stage + 1] - bounds[stage]
@@ -261,6 +275,8 @@ def long_cycle_schedule(bounds: list[float], epochs: int, epoch_factor: float,
         end = int(round(total))
         if end > (out[-1][2] if out else 0):
             out.append((stage, g, end))
+    if not out or out[-1][0] != len(bounds) - 1:
+        out.append((len(bounds) - 1, len(avg_batch) - 1, (out[-1][2] if out else 0) + 1))
     return out
 
 
@@ -280,13 +296,13 @@ def grid_spec(spec, target: Grid, grid: Grid):
                    max_scale=max(grid.crop, round(spec.max_scale * zoom)))
 
 
-def log_plan(plan: TrainPlan, per_rank_batch: int) -> None:
+def log_plan(plan: TrainPlan, clips_per_sample: int = 1) -> None:
     if not plan.varies:
         return
     log.info("multigrid: %d epochs, %d steps (a standard run of the target grid at %d clips per process: "
-             "%d steps an epoch)", plan.num_epochs, plan.total_iters(None), per_rank_batch,
-             plan.clips_per_rank // per_rank_batch)
-    for line in plan.describe():
+             "%d steps an epoch)", plan.num_epochs, plan.total_iters(None),
+             plan.batch_size * clips_per_sample, plan.target_steps)
+    for line in plan.describe(clips_per_sample):
         log.info("multigrid: %s", line)
 
 
@@ -308,14 +324,15 @@ def check_multigrid(cfg: DictConfig) -> None:
         return
     if not _positive(mg.get("epoch_factor")):
         raise ValueError(f"trainer.multigrid.epoch_factor={mg.get('epoch_factor')!r} must be a number > 0")
+    crop = int(cfg.data.train_crop_size)
     pairs = mg.get("long_cycle_factors")
-    if not pairs or not all(len(p) == 2 and all(_positive(x) for x in p) for p in pairs):
-        raise ValueError(f"trainer.multigrid.long_cycle_factors={pairs!r} must be a list of [frames, crop] "
-                         "factors > 0")
+    if not _listed(pairs) or not all(_listed(p) and len(p) == 2 and all(map(_fraction, p)) for p in pairs):
+        raise ValueError(f"trainer.multigrid.long_cycle_factors={_shown(pairs)} must be a list of [frames, "
+                         "crop] factors in (0, 1], e.g. [[0.5, 0.5], [1, 1]]")
     factors = mg.get("short_cycle_factors")
-    if not factors or not all(_positive(x) and x <= 1 for x in factors):
-        raise ValueError(f"trainer.multigrid.short_cycle_factors={factors!r} must be a list of crop factors "
-                         "in (0, 1]")
+    if not _listed(factors) or not all(_fraction(x) and round(crop * x) >= 1 for x in factors):
+        raise ValueError(f"trainer.multigrid.short_cycle_factors={_shown(factors)} must be a list of crop "
+                         f"factors in (0, 1] that leave a crop of at least 1 of data.train_crop_size={crop}")
     for key in ("bn_base_size", "long_cycles"):
         value = mg.get(key)
         if type(value) is not int or value < 1:
@@ -323,6 +340,21 @@ def check_multigrid(cfg: DictConfig) -> None:
     if cfg.optim.get("unit", "epoch") != "epoch":
         raise ValueError("trainer.multigrid needs optim.unit=epoch: its schedule is in epochs, and a step's "
                          f"size changes under it (optim.unit={cfg.optim.unit})")
+    if cfg.trainer.get("compile"):
+        raise ValueError("trainer.compile with trainer.multigrid: every grid and batch would compile anew "
+                         "(and split batch norm recompiles per batch size); set trainer.compile=false")
+
+
+def _listed(x: object) -> bool:
+    return isinstance(x, (list, tuple, ListConfig))
+
+
+def _fraction(x: object) -> bool:
+    return _positive(x) and x <= 1
+
+
+def _shown(x: object) -> str:
+    return str(OmegaConf.to_container(x) if isinstance(x, ListConfig) else x)
 
 
 def _positive(x: object) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,7 +166,9 @@ def check_resumable(loop: Loop, saved: dict, path: str) -> None:
 
 def multigrid_change(loop: Loop, saved: dict, old: dict, path: str) -> None:
     """Refuse a resume that would move the run to another multigrid plan: other ``trainer.multigrid``
-    settings, or (under multigrid) another global batch; the checkpoint's steps would land elsewhere."""
+    settings, another global batch, or anything else that changes the plan's epochs and steps
+    (``trainer.epochs``, ``optim.steps``, the training split; the checkpoint's ``plan``): its position
+    would land elsewhere in another schedule."""
     off = {"long_cycle": False, "short_cycle": False}
     before = old.get("trainer", {}).get("multigrid") or off
     now = loop.meta["config"]["trainer"].get("multigrid") or off
@@ -174,6 +177,9 @@ def multigrid_change(loop: Loop, saved: dict, old: dict, path: str) -> None:
     batch = saved_global_batch(saved, loop.global_batch)
     if active and batch != loop.global_batch:
         changed.append(f"global batch {batch} -> {loop.global_batch}")
+    plans = [str(p).split("; ") for p in (saved.get("plan"), loop.meta.get("plan"))]
+    if active and not changed and plans[0] != plans[1]:  # e.g. trainer.epochs: show the first difference
+        changed += [f"{a or 'none'} -> {b or 'none'}" for a, b in zip_longest(*plans) if a != b][:1]
     if changed:
         raise ConfigError(f"checkpoint {path} was trained on another multigrid plan ({'; '.join(changed)}): "
                           "resume with its settings, or choose a new hydra.run.dir")

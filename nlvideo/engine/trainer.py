@@ -23,6 +23,7 @@ restores. Crash-test hooks (``trainer.debug.*``) live in :mod:`nlvideo.engine.fa
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -227,7 +228,7 @@ def planned_loader(cfg: DictConfig, plan: TrainPlan, train_ds, sampler, target_l
     grid (``train_ds.grid_specs``). ``target_loader`` stays the target grid's, for precise BN."""
     if not plan.varies:
         return target_loader
-    log_plan(plan, target_loader.batch_size)
+    log_plan(plan, train_ds.clips_per_item)
     target = plan.grids[0]
     train_ds.grid_specs = [grid_spec(train_ds.spec, target, grid) for grid in plan.grids]
     return build_loader(train_ds, cfg.data, sampler, int(cfg.data.batch_size),
@@ -255,11 +256,9 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, p
         load_weights_for_finetuning(net, str(t.init_weights), list(train_ds.class_names))
     stats = model_stats(net, cfg) if info.is_main else {}
     log_nonlocal_path(net)
-    if plan.varies:  # BN statistics over a fixed number of clips, whatever the step's batch
-        net = split_batch_norm(net, int(t.multigrid.bn_base_size))
-        log.info("multigrid: batch norm statistics over groups of %d clips per process "
-                 "(trainer.multigrid.bn_base_size)%s", int(t.multigrid.bn_base_size),
-                 "; trainer.sync_bn is not used" if info.enabled and t.sync_bn else "")
+    if plan.varies:
+        check_grids_fit(net, plan, cfg)
+        net = split_batch_norm_for(net, plan, cfg)
     elif info.enabled and t.sync_bn and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif info.enabled and t.sync_bn:
@@ -274,7 +273,8 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, p
     multi_label = bool(train_ds.multi_label)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "overrides": task_overrides(),
             "class_names": list(train_ds.class_names), "multi_label": multi_label,
-            "model_name": cfg.model.name, "model_stats": stats}
+            "model_name": cfg.model.name, "model_stats": stats,
+            "plan": plan.fingerprint() if plan.varies else None}
     return Loop(
         cfg=cfg, net=net, model=model, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optim, iters_per_epoch, total_iters, plan),
@@ -284,6 +284,37 @@ def build_loop(cfg: DictConfig, device: torch.device, run_dir: Path, train_ds, p
         sync_period=sync_period(t, device), run_dir=run_dir, meta=meta,
         tb=TensorBoard(str(run_dir / "tb"), enabled=bool(t.tensorboard)),
         preemption=PreemptionHandler(preempt_signals(cfg)), faults=FaultInjection(t.debug))
+
+
+def check_grids_fit(net: torch.nn.Module, plan: TrainPlan, cfg: DictConfig) -> None:
+    """Run a copy of the model on the meta device (no compute) at every grid of the plan: a grid too
+    small for it (e.g. a non-local block's sub-sampling on a 1x1 map) is one line now, not a traceback
+    at its first step."""
+    meta = copy.deepcopy(net).to("meta").eval()
+    for grid in plan.grids[1:]:
+        try:
+            with torch.no_grad():
+                meta(torch.empty(1, 3, grid.frames, grid.crop, grid.crop, device="meta"))
+        except RuntimeError as exc:
+            raise ConfigError(f"trainer.multigrid: the grid of {grid.frames} frames x {grid.crop}² "
+                              f"(data.num_frames={cfg.data.num_frames} x data.train_crop_size="
+                              f"{cfg.data.train_crop_size}, scaled by the cycle factors) is too small for "
+                              f"model={cfg.model.name} ({str(exc).splitlines()[0][:120]}): use larger "
+                              "factors or a larger data.train_crop_size") from None
+
+
+def split_batch_norm_for(net: torch.nn.Module, plan: TrainPlan, cfg: DictConfig) -> torch.nn.Module:
+    """Multigrid's batch norm: statistics over groups of ``bn_base_size`` clips per process whatever
+    the step's batch (:mod:`nlvideo.models.split_bn`)."""
+    base, t = int(cfg.trainer.multigrid.bn_base_size), cfg.trainer
+    log.info("multigrid: batch norm statistics over groups of %d clips per process "
+             "(trainer.multigrid.bn_base_size)%s", base,
+             "; trainer.sync_bn is not used" if du.info().enabled and t.sync_bn else "")
+    if int(cfg.data.batch_size) < base:
+        log.warning("multigrid: data.batch_size=%d clips per process is below trainer.multigrid."
+                    "bn_base_size=%d: steps at the target grid normalise over %d clips, the coarse ones over "
+                    "%d", int(cfg.data.batch_size), base, int(cfg.data.batch_size), base)
+    return split_batch_norm(net, base)
 
 
 def log_nonlocal_path(net: torch.nn.Module) -> None:
@@ -505,7 +536,15 @@ def short_batch(loop: Loop, state: TrainState, sampler, loader) -> list[dict]:
 
 def is_validation_epoch(loop: Loop, state: TrainState) -> bool:
     """Every ``eval_period`` epochs, and after the last one."""
-    return (state.epoch + 1) % int(loop.cfg.trainer.eval_period) == 0 or state.iteration >= loop.total_iters
+    return validates_after(loop, state.epoch) or state.iteration >= loop.total_iters
+
+
+def validates_after(loop: Loop, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) ends a period of ``trainer.eval_period`` configured epochs: every
+    ``eval_period``-th epoch, or under multigrid the epoch where that many ``trainer.epochs`` are done
+    (its epochs are more and cheaper), so both schedules validate as often."""
+    period, plan = int(loop.cfg.trainer.eval_period), loop.plan
+    return plan.configured_epochs(epoch + 1) // period > plan.configured_epochs(epoch) // period
 
 
 def stop_on_signal(loop: Loop, state: TrainState) -> int:
@@ -585,8 +624,8 @@ class RunEta:
         """Validations from ``state.epoch`` (included) to the end: every ``eval_period`` and the last."""
         if not self.validates:
             return 0
-        last, period = loop.num_epochs(state), int(loop.cfg.trainer.eval_period)
-        return sum((e + 1) % period == 0 or e + 1 == last for e in range(state.epoch, last))
+        last = loop.num_epochs(state)
+        return sum(validates_after(loop, e) or e + 1 == last for e in range(state.epoch, last))
 
     def seconds(self, step_seconds: float, steps_left: int, validations: int) -> tuple[float, str]:
         """(seconds, note) for ``steps_left`` training steps and ``validations`` validations."""
