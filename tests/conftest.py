@@ -23,6 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_SYNTHETIC = dict(seed=0, train_per_class=4, val_per_class=2, num_frames=64, size=64, fps=24)
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gives torch its share of the cores (1 each with ``-n 2`` on 2 cores).
+    With the default, every worker runs as many OpenMP threads as there are cores, and threads that spin
+    waiting for descheduled peers made small in-process kernels (gradcheck, exports) 10x slower. The
+    scripts the tests start run one thread each already (``OMP_NUM_THREADS=1``, test_train_run.app_env)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """Tests that run a script's ``main`` in-process (bench scripts set one thread per process) must
