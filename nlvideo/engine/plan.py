@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import statistics
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
@@ -85,8 +86,10 @@ class TrainPlan:
     @property
     def target_steps(self) -> int:
         """Steps of a standard epoch (the target grid at ``batch_size``), at most ``max_steps_per_epoch``."""
-        n = self.clips_per_rank // self.batch_size
-        return min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch else n
+        return self._truncated(self.clips_per_rank // self.batch_size)
+
+    def _truncated(self, steps: int) -> int:
+        return min(steps, self.max_steps_per_epoch) if self.max_steps_per_epoch else steps
 
     def shape(self, epoch: int) -> EpochShape:
         return self.epochs[min(epoch, len(self.epochs) - 1)]
@@ -94,14 +97,18 @@ class TrainPlan:
     def steps(self, epoch: int) -> int:
         """Steps of ``epoch``: whole batches of the cycle out of ``clips_per_rank`` (the rest is dropped,
         as a standard loader drops an incomplete last batch), at most ``max_steps_per_epoch``."""
-        sizes = [clips for _, clips in self.shape(epoch).cycle]
-        full, rest = divmod(self.clips_per_rank, sum(sizes))
-        n = full * len(sizes)
+        return self._truncated(self._whole_steps(epoch, self.clips_per_rank)[0])
+
+    def _whole_steps(self, epoch: int, clips: int) -> tuple[int, int]:
+        """(steps of ``epoch`` that ``clips`` clips per process fill, clips left over)."""
+        sizes = [size for _, size in self.shape(epoch).cycle]
+        full, rest = divmod(clips, sum(sizes))
+        steps = full * len(sizes)
         for size in sizes:
             if rest < size:
                 break
-            rest, n = rest - size, n + 1
-        return min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch else n
+            rest, steps = rest - size, steps + 1
+        return steps, rest
 
     def batch(self, epoch: int, step: int) -> tuple[int, int]:
         """(grid index, clips per process) of ``step`` (0-based) of ``epoch``."""
@@ -117,14 +124,8 @@ class TrainPlan:
     def step_after(self, epoch: int, clips: int) -> int:
         """The step of ``epoch`` that starts after ``clips`` clips per process; ValueError if ``clips``
         ends inside a step (a resume always lands on a step boundary of the plan it was written with)."""
-        cycle = self.shape(epoch).cycle
-        full, rest = divmod(clips, sum(c for _, c in cycle))
-        step = full * len(cycle)
-        for _, size in cycle:
-            if rest <= 0:
-                break
-            rest, step = rest - size, step + 1
-        if rest != 0:
+        step, rest = self._whole_steps(epoch, clips)
+        if rest:
             raise ValueError(f"{clips} clips per process end inside a step of epoch {epoch + 1}")
         return step
 
@@ -223,31 +224,39 @@ def build_plan(cfg: DictConfig, clips_per_rank: int, batch: int) -> TrainPlan:
     bounds = lr_stage_bounds(cfg, epochs)
     fine_tuning = len(bounds) - 1  # the last stage, at the target grid
     scaled = bool(cfg.optim.get("linear_scaling", True))
-    parts = long_cycle_schedule(bounds, epochs, factor,
-                                [sum(c for _, c in cycle(b)) / len(cycle(b)) / batch for b in bases])
+    mean_factors = [statistics.fmean(clips / batch for _, clips in cycle(b)) for b in bases]
+    parts = long_cycle_schedule(bounds, epochs, factor, mean_factors)
     shapes, stage_of = [], []
     for stage, base_index, end in parts:
         base = target if stage == fine_tuning else bases[base_index]
         shape = EpochShape(cycle(base), lr_scale=float(batch_factor(target, base)) if scaled else 1.0)
         shapes += [shape] * (end - len(shapes))
         stage_of += [stage] * (end - len(stage_of))
-    # the rate drops a stage at each stage's first epoch (twice where a stage rounded away), and at the
-    # middle of the fine-tuning stage, whose first half keeps the last long cycle's rate (PySlowFast)
-    lr_steps = [float(next((e for e, st in enumerate(stage_of) if st >= s), len(stage_of)))
-                for s in range(1, fine_tuning)]
-    lr_steps.append(float((stage_of.index(fine_tuning) + len(stage_of)) // 2))
-    if not (cfg.optim.get("schedule") == "step" and cfg.optim.get("steps")):
-        lr_steps = []  # stages made of trainer.multigrid.long_cycles: no rate drops the schedule lacks
+    lr_steps = stage_milestones(stage_of, fine_tuning) if step_schedule(cfg) else []
     return TrainPlan(grids, shapes, clips_per_rank, batch, truncate, lr_steps=lr_steps, base_epochs=epochs)
+
+
+def stage_milestones(stage_of: list[int], fine_tuning: int) -> list[float]:
+    """A step schedule's milestones (in the plan's epochs) from each epoch's stage: the rate drops at each
+    stage's first epoch (twice where a stage rounded away) and in the middle of the fine-tuning stage,
+    whose first half keeps the last long cycle's rate (PySlowFast). Stages made of
+    ``trainer.multigrid.long_cycles`` (cosine, constant) add no drops: the caller gives none."""
+    milestones = [float(next((e for e, st in enumerate(stage_of) if st >= s), len(stage_of)))
+                  for s in range(1, fine_tuning)]
+    return [*milestones, float((stage_of.index(fine_tuning) + len(stage_of)) // 2)]
+
+
+def step_schedule(cfg: DictConfig) -> bool:
+    """Whether ``optim`` is a step schedule with milestones: its stages hold the long cycles."""
+    return cfg.optim.get("schedule") == "step" and bool(cfg.optim.get("steps"))
 
 
 def lr_stage_bounds(cfg: DictConfig, epochs: int) -> list[float]:
     """Starts of the learning-rate stages that hold long cycles, in configured epochs (the last stage,
     from the last bound to the end, is the fine-tuning one): ``optim.steps`` of a step schedule, else
     ``trainer.multigrid.long_cycles`` equal stages before a fine-tuning stage of the same length."""
-    o = cfg.optim
-    if o.get("schedule") == "step" and o.get("steps"):
-        return [0.0, *sorted(float(s) for s in o.steps if 0 < float(s) < epochs)]
+    if step_schedule(cfg):
+        return [0.0, *sorted(float(s) for s in cfg.optim.steps if 0 < float(s) < epochs)]
     n = int(cfg.trainer.multigrid.long_cycles)
     return [epochs * i / (n + 1) for i in range(n + 1)]
 
