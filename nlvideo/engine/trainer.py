@@ -23,7 +23,6 @@ restores. Crash-test hooks (``trainer.debug.*``) live in :mod:`nlvideo.engine.fa
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
@@ -80,6 +79,7 @@ from nlvideo.engine.state import Meter, TrainState
 from nlvideo.models import NonLocalBlock, apply_pretrained_to_config
 from nlvideo.models.pretrained import load_weights, read_checkpoint, weights_of
 from nlvideo.models.split_bn import split_batch_norm
+from nlvideo.models.stats import meta_copy
 
 log = logging.getLogger("nlvideo.train")
 
@@ -290,7 +290,7 @@ def check_grids_fit(net: torch.nn.Module, plan: TrainPlan, cfg: DictConfig) -> N
     """Run a copy of the model on the meta device (no compute) at every grid of the plan: a grid too
     small for it (e.g. a non-local block's sub-sampling on a 1x1 map) is one line now, not a traceback
     at its first step."""
-    meta = copy.deepcopy(net).to("meta").eval()
+    meta = meta_copy(net)
     for grid in plan.grids[1:]:
         try:
             with torch.no_grad():
